@@ -1,0 +1,3 @@
+from soul_mcp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""AgentSelf: the one entry point that the MCP server and the CLI both call.
+
+It validates and normalises every argument, then asks the store. Methods that change something take
+an `Actor` (who is changing it), so that every memory and version records its author.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from soul_mcp.config import Limits, Settings
+from soul_mcp.core import cursor as cursors
+from soul_mcp.core import render, validate
+from soul_mcp.core.dates import now_stored, parse_moment
+from soul_mcp.core.starter import INTENT_HINT, NORTH_STAR_HINT, SOUL_HINT, STARTER_SOUL
+from soul_mcp.core.text import content_key, query_terms
+from soul_mcp.core.wakeup import assemble_wake_up
+from soul_mcp.errors import InvalidInput, NotFound
+from soul_mcp.models import (
+    Actor,
+    Diff,
+    Document,
+    DocumentVersion,
+    DocumentWrite,
+    History,
+    Memory,
+    NewMemory,
+    RecallHit,
+    RecallResult,
+    RememberResult,
+    Stats,
+    VersionSummary,
+    WakeUp,
+)
+from soul_mcp.storage.base import SearchQuery, Store
+
+# Documents whose every write must say why (the intent is a running note and needs no reason).
+REASON_REQUIRED = {"soul", "north_star"}
+EMPTY_DOCUMENTS = {
+    "soul": (STARTER_SOUL, SOUL_HINT),
+    "intent": ("", INTENT_HINT),
+    "north_star": ("", NORTH_STAR_HINT),
+}
+
+
+def _hit(memory: Memory, score: float = 0.0) -> RecallHit:
+    return RecallHit(
+        id=memory.id,
+        content=memory.content,
+        kind=memory.kind,
+        tags=memory.tags,
+        importance=memory.importance,
+        occurred_at=memory.occurred_at,
+        author=memory.author,
+        score=round(score, 4),
+    )
+
+
+class AgentSelf:
+    def __init__(self, store: Store, limits: Limits | None = None) -> None:
+        self.store = store
+        self.limits = limits or Limits()
+
+    @classmethod
+    async def open(cls, settings: Settings) -> AgentSelf:
+        """Open the SQLite store named by the settings (the only backend today)."""
+        from soul_mcp.storage.sqlite import SQLiteStore
+
+        store = await SQLiteStore.open(Path(settings.db_path), settings.synchronous)
+        return cls(store, settings.limits)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    # Documents ---------------------------------------------------------------------------------
+
+    async def read(self, document: str, version: int | None = None) -> Document:
+        validate.document(document)
+        if version is not None:
+            validate.version(version)
+        stored = await self.store.get_version(document, version)
+        if stored is None:
+            if version is not None:
+                latest = await self.store.get_version(document)
+                have = f"versions 1 to {latest.version} exist" if latest else "no versions exist yet"
+                raise NotFound(f"{document} has no version {version}; {have}")
+            content, hint = EMPTY_DOCUMENTS[document]
+            return Document(document=document, version=None, content=content, adopted=False, hint=hint)  # type: ignore[arg-type]
+        return Document(
+            document=stored.document,
+            version=stored.version,
+            content=stored.content,
+            adopted=True,
+            author=stored.author,
+            reason=stored.reason,
+            created_at=stored.created_at,
+            restored_from=stored.restored_from,
+        )
+
+    async def write(self, document: str, content: str, actor: Actor, reason: str | None = None) -> DocumentWrite:
+        validate.document(document)
+        content = validate.text(content, "content", self.limits.document_chars)
+        if document in REASON_REQUIRED or reason is not None:
+            reason = validate.reason(reason, self.limits)
+        current = await self.store.get_version(document)
+        if current is not None and current.content == content:
+            return DocumentWrite(version=current, changed=False)
+        stored = await self.store.append_version(document, content, actor.name, reason, now_stored(), actor.session_id)
+        return DocumentWrite(version=stored, changed=True)
+
+    async def restore(self, document: str, version: int, reason: str, actor: Actor) -> DocumentWrite:
+        """Make an old version current again by storing it as a new version."""
+        validate.document(document)
+        reason = validate.reason(reason, self.limits)
+        old = await self._version(document, validate.version(version))
+        current = await self.store.get_version(document)
+        if current is not None and current.content == old.content:
+            return DocumentWrite(version=current, changed=False)
+        stored = await self.store.append_version(
+            document, old.content, actor.name, reason, now_stored(), actor.session_id, restored_from=old.version
+        )
+        return DocumentWrite(version=stored, changed=True)
+
+    async def history(self, document: str, limit: int | None = None, before_version: int | None = None) -> History:
+        validate.document(document)
+        limit = validate.limit(limit, 20, self.limits.history_limit_max)
+        if before_version is not None:
+            validate.version(before_version, "before_version")
+        versions = await self.store.list_versions(document, limit + 1, before_version)
+        more = len(versions) > limit
+        versions = versions[:limit]
+        return History(
+            document=document,  # type: ignore[arg-type]
+            versions=[
+                VersionSummary(
+                    version=v.version,
+                    author=v.author,
+                    reason=v.reason,
+                    created_at=v.created_at,
+                    chars=len(v.content),
+                    restored_from=v.restored_from,
+                )
+                for v in versions
+            ],
+            next_before_version=versions[-1].version if more else None,
+        )
+
+    async def diff(self, document: str, from_version: int, to_version: int) -> Diff:
+        validate.document(document)
+        a = await self._version(document, validate.version(from_version, "from_version"))
+        b = await self._version(document, validate.version(to_version, "to_version"))
+        lines = difflib.unified_diff(
+            a.content.splitlines(keepends=True),
+            b.content.splitlines(keepends=True),
+            fromfile=f"{document} v{a.version}",
+            tofile=f"{document} v{b.version}",
+        )
+        text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+        return Diff(document=document, from_version=a.version, to_version=b.version, diff=text)  # type: ignore[arg-type]
+
+    async def _version(self, document: str, version: int) -> DocumentVersion:
+        stored = await self.store.get_version(document, version)
+        if stored is None:
+            latest = await self.store.get_version(document)
+            have = f"versions 1 to {latest.version} exist" if latest else "no versions exist yet"
+            raise NotFound(f"{document} has no version {version}; {have}")
+        return stored
+
+    # Memories ----------------------------------------------------------------------------------
+
+    def _new_memory(
+        self,
+        content: str,
+        actor: Actor,
+        kind: str | None,
+        tags: list[str] | None,
+        importance: int | None,
+        occurred_at: str | None,
+    ) -> NewMemory:
+        content = validate.text(content, "content", self.limits.memory_chars).strip()
+        return NewMemory(
+            content=content,
+            content_key=content_key(content),
+            kind=validate.kind(kind),  # type: ignore[arg-type]
+            tags=validate.tags(tags, self.limits),
+            importance=validate.importance(importance),
+            occurred_at=parse_moment(occurred_at, "occurred_at") if occurred_at is not None else now_stored(),
+            author=actor.name,
+            session_id=actor.session_id,
+        )
+
+    async def remember(
+        self,
+        content: str,
+        actor: Actor,
+        kind: str | None = None,
+        tags: list[str] | None = None,
+        importance: int | None = None,
+        occurred_at: str | None = None,
+    ) -> RememberResult:
+        new = self._new_memory(content, actor, kind, tags, importance, occurred_at)
+        memory, is_new = await self.store.add_memory(new, now_stored())
+        return RememberResult(memory=memory, is_new=is_new)
+
+    async def get_memory(self, memory_id: str) -> Memory:
+        memory_id = validate.memory_id(memory_id)
+        memory = await self.store.get_memory(memory_id)
+        if memory is None:
+            raise NotFound(f"no memory has the id {memory_id!r}; recall lists memories with their ids")
+        return memory
+
+    async def forget(self, memory_id: str, reason: str) -> Memory:
+        """Take a memory out of recall. It stays stored and can be restored until purged."""
+        reason = validate.reason(reason, self.limits)
+        return await self.store.set_memory_status(
+            validate.memory_id(memory_id), "forgotten", reason, now_stored(), expect=("active",)
+        )
+
+    async def restore_memory(self, memory_id: str) -> Memory:
+        return await self.store.set_memory_status(
+            validate.memory_id(memory_id), "active", None, now_stored(), expect=("forgotten",)
+        )
+
+    async def purge(self, memory_id: str) -> None:
+        """Delete a forgotten memory for good. The only way anything is ever lost."""
+        await self.store.purge_memory(validate.memory_id(memory_id))
+
+    async def revise(self, memory_id: str, content: str, reason: str, actor: Actor) -> tuple[Memory, Memory]:
+        """Store corrected content as a new memory that supersedes the old one (which stays readable)."""
+        memory_id = validate.memory_id(memory_id)
+        reason = validate.reason(reason, self.limits)
+        old = await self.get_memory(memory_id)
+        new = self._new_memory(content, actor, old.kind, old.tags, old.importance, old.occurred_at)
+        return await self.store.revise_memory(memory_id, new, reason, now_stored())
+
+    async def recall(
+        self,
+        query: str | None = None,
+        limit: int | None = None,
+        tags: list[str] | None = None,
+        kind: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
+    ) -> RecallResult:
+        query = validate.text(query or "", "query", self.limits.query_chars, allow_empty=True).strip()
+        limit = validate.limit(limit, 10, self.limits.recall_limit_max)
+        tag_list = validate.tags(tags, self.limits)
+        kind_ = validate.kind(kind) if kind is not None else None
+        since_ = parse_moment(since, "since") if since is not None else None
+        until_ = parse_moment(until, "until", end_of_day=True) if until is not None else None
+        if since_ and until_ and since_ >= until_:
+            raise InvalidInput(f"since ({since}) must be before until ({until})")
+        terms = query_terms(query) if query else []
+        if query and not terms:
+            return RecallResult(
+                query=query,
+                hits=[],
+                note="The query has no words to search for (only punctuation or symbols). "
+                "Use words, or an empty query to list recent memories.",
+            )
+        fingerprint = cursors.fingerprint(terms, tag_list, kind_, since_, until_)
+        offset = cursors.decode(cursor, fingerprint) if cursor else 0
+        found = await self.store.search(
+            SearchQuery(
+                terms=tuple(terms),
+                tags=tuple(tag_list),
+                kind=kind_,
+                since=since_,
+                until=until_,
+                order="relevance" if terms else "recent",
+                offset=offset,
+                limit=limit + 1,
+            )
+        )
+        hits: list[RecallHit] = []
+        size = 0
+        for memory, score in found[:limit]:
+            hit = _hit(memory, score)
+            size += len(render.hit_line(hit)) + 1
+            if hits and size > self.limits.response_chars:
+                break  # the page is full; the rest comes with the cursor
+            hits.append(hit)
+        more = len(found) > len(hits)
+        return RecallResult(
+            query=query,
+            hits=hits,
+            next_cursor=cursors.encode(offset + len(hits), fingerprint) if more else None,
+        )
+
+    # Wake-up -----------------------------------------------------------------------------------
+
+    async def wake_up(self, actor: Actor, focus: str | None = None, budget_chars: int | None = None) -> WakeUp:
+        budget = validate.limit(
+            budget_chars, self.limits.wake_budget_default, self.limits.wake_budget_max, "budget_chars"
+        )
+        if budget < self.limits.wake_budget_min:
+            raise InvalidInput(
+                f"budget_chars {budget} is too small; use {self.limits.wake_budget_min} to "
+                f"{self.limits.wake_budget_max} (default {self.limits.wake_budget_default})"
+            )
+        if focus is not None:
+            focus = validate.text(focus, "focus", self.limits.query_chars, allow_empty=True).strip() or None
+        soul = await self.read("soul")
+        intent = await self.read("intent")
+        north_star = await self.read("north_star")
+
+        relevant: list[RecallHit] = []
+        if focus:
+            relevant = (await self.recall(focus, limit=8)).hits
+        seen = tuple(h.id for h in relevant)
+        important = [
+            _hit(m)
+            for m, _ in await self.store.search(SearchQuery(order="importance", limit=8, exclude_ids=seen))
+            if m.importance >= 4
+        ]
+        seen += tuple(h.id for h in important)
+        recent = [_hit(m) for m, _ in await self.store.search(SearchQuery(order="recent", limit=8, exclude_ids=seen))]
+
+        if actor.session_id:
+            await self.store.record_session(actor.session_id, actor.name, now_stored())
+        return assemble_wake_up(soul, intent, north_star, focus, relevant, important, recent, budget)
+
+    async def stats(self) -> Stats:
+        return await self.store.stats()

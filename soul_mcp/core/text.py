@@ -1,0 +1,57 @@
+"""Turning what a person or a model types into something safe to store and to search."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Words that carry no meaning for recall. Dropped from queries (not from the index), so that
+# "what did I say about the garden" searches for "say" and "garden".
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have
+    having he her here hers herself him himself his how i if in into is it its itself just me more most
+    my myself no nor not now of off on once only or other our ours ourselves out over own same she should
+    so some such than that the their theirs them themselves then there these they this those through to
+    too under until up very was we were what when where which while who whom why will with would you
+    your yours yourself yourselves i'm i've i'd i'll it's that's what's let's s t don doesn didn won
+    also get got ever anything something thing things really yes yeah ok okay
+    """.split()
+)
+
+# Letters and digits in any script; an apostrophe inside a word is kept ("don't").
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
+_SPACE = re.compile(r"\s+")
+
+
+def query_terms(text: str, max_terms: int = 32) -> list[str]:
+    """Distinct lower-case words of a query, stopwords dropped, in order of appearance.
+
+    Punctuation (quotes, '*', '-', ':', parentheses) never reaches the search engine, so any input
+    is a valid query. If every word is a stopword, the words are kept: "who am I" still searches.
+    """
+    words = [w.casefold() for w in _WORD.findall(unicodedata.normalize("NFKC", text))]
+    kept = [w for w in words if w not in STOPWORDS] or words
+    seen: dict[str, None] = {}
+    for word in kept:
+        for part in word.split("'"):
+            if part and part not in STOPWORDS:
+                seen.setdefault(part, None)
+    return list(seen)[:max_terms]
+
+
+def content_key(text: str) -> str:
+    """The form under which two memories count as the same: case and whitespace folded."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def normalize_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def clip(text: str, limit: int, marker: str = " …[trimmed]") -> str:
+    """Cut text to at most `limit` characters, saying so."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - len(marker))].rstrip() + marker

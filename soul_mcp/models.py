@@ -1,0 +1,167 @@
+"""The records of a self. The same models are the domain's values and the MCP tools' output schemas."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+DocumentName = Literal["soul", "intent", "north_star"]
+DOCUMENTS: tuple[str, ...] = ("soul", "intent", "north_star")
+
+MemoryKind = Literal["fact", "event", "preference", "lesson", "reflection", "person", "other"]
+MEMORY_KINDS: tuple[str, ...] = ("fact", "event", "preference", "lesson", "reflection", "person", "other")
+
+MemoryStatus = Literal["active", "forgotten", "superseded"]
+
+
+class Actor(BaseModel):
+    """Who is making a change: the client's name (or token name) and its session."""
+
+    name: str
+    session_id: str | None = None
+
+
+class DocumentVersion(BaseModel):
+    """One stored version of a document. Versions are never rewritten."""
+
+    document: DocumentName
+    version: int = Field(description="1 for the first write, then counting up")
+    content: str
+    author: str
+    reason: str | None = Field(default=None, description="why this version was written")
+    created_at: str = Field(description="UTC, ISO 8601")
+    restored_from: int | None = Field(default=None, description="the version this one restored, if any")
+
+
+class Document(BaseModel):
+    """The current (or a requested) version of a document, or the starter text when none exists."""
+
+    document: DocumentName
+    version: int | None = Field(description="None when nothing has been written yet")
+    content: str
+    adopted: bool = Field(description="False while this is the starter text and nothing is stored")
+    author: str | None = None
+    reason: str | None = None
+    created_at: str | None = None
+    restored_from: int | None = None
+    hint: str | None = Field(default=None, description="what to do next, when there is something to do")
+
+
+class DocumentWrite(BaseModel):
+    """The answer to a write or restore."""
+
+    version: DocumentVersion
+    changed: bool = Field(description="False when the content was identical to the current version (nothing stored)")
+
+
+class VersionSummary(BaseModel):
+    version: int
+    author: str
+    reason: str | None
+    created_at: str
+    chars: int
+    restored_from: int | None = None
+
+
+class History(BaseModel):
+    document: DocumentName
+    versions: list[VersionSummary] = Field(description="newest first")
+    next_before_version: int | None = Field(
+        default=None, description="pass as before_version to see older versions; None when no more"
+    )
+
+
+class Diff(BaseModel):
+    document: DocumentName
+    from_version: int
+    to_version: int
+    diff: str = Field(description="unified diff; empty when the versions are identical")
+
+
+class Memory(BaseModel):
+    """A stored memory, whatever its status."""
+
+    id: str
+    content: str
+    kind: MemoryKind
+    tags: list[str]
+    importance: int = Field(ge=1, le=5)
+    occurred_at: str = Field(description="UTC, ISO 8601")
+    created_at: str
+    author: str
+    status: MemoryStatus = "active"
+    status_reason: str | None = Field(default=None, description="why it was forgotten or revised")
+    status_changed_at: str | None = None
+    supersedes: str | None = Field(default=None, description="id of the memory this one revised")
+    superseded_by: str | None = Field(default=None, description="id of the memory that revised this one")
+
+
+class NewMemory(BaseModel):
+    """A validated memory about to be stored (the store adds id, status and created_at)."""
+
+    content: str
+    content_key: str
+    kind: MemoryKind
+    tags: list[str]
+    importance: int
+    occurred_at: str
+    author: str
+    session_id: str | None = None
+
+
+class RememberResult(BaseModel):
+    memory: Memory
+    is_new: bool = Field(description="False when the same content was already stored; that memory is returned")
+
+
+class RecallHit(BaseModel):
+    id: str
+    content: str
+    kind: MemoryKind
+    tags: list[str]
+    importance: int
+    occurred_at: str
+    author: str
+    score: float = Field(description="relevance (higher is better); 0 when listing by time")
+
+
+class RecallResult(BaseModel):
+    query: str
+    hits: list[RecallHit]
+    next_cursor: str | None = Field(default=None, description="pass as cursor for the next page; None at the end")
+    note: str | None = Field(default=None, description="why nothing or less came back, when that needs saying")
+
+
+class DocumentInfo(BaseModel):
+    """A document's version details without its content (wake-up's text carries the content)."""
+
+    version: int | None
+    adopted: bool
+    author: str | None = None
+    created_at: str | None = None
+
+
+class WakeUp(BaseModel):
+    """Everything a new session needs, assembled within a character budget: read `text`."""
+
+    soul: DocumentInfo
+    intent: DocumentInfo
+    intent_age: str | None = Field(default=None, description="how long ago the intent was written")
+    north_star: DocumentInfo
+    focus: str | None = None
+    relevant: list[RecallHit] = Field(default_factory=list, description="memories most relevant to focus")
+    important: list[RecallHit] = Field(default_factory=list)
+    recent: list[RecallHit] = Field(default_factory=list)
+    budget_chars: int
+    used_chars: int
+    trimmed: list[str] = Field(default_factory=list, description="what was cut to fit the budget")
+    text: str = Field(description="the assembled self, ready to read")
+
+
+class Stats(BaseModel):
+    memories_active: int
+    memories_forgotten: int
+    memories_superseded: int
+    document_versions: dict[str, int]
+    sessions: int

@@ -1,0 +1,437 @@
+"""Build the MCP server: tools, resources and prompts over one AgentSelf.
+
+Each tool is a few lines: read the arguments, call the domain, return the model with a readable
+text. Domain errors (SoulError) become tool errors whose message the model reads; the SDK would
+otherwise hide the message behind "Error executing tool".
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from soul_mcp import __version__
+from soul_mcp.config import Settings
+from soul_mcp.core import AgentSelf, render
+from soul_mcp.errors import SoulError
+from soul_mcp.models import (
+    Actor,
+    Diff,
+    Document,
+    DocumentWrite,
+    History,
+    Memory,
+    RecallResult,
+    RememberResult,
+    WakeUp,
+)
+from soul_mcp.server.state import SelfHolder, Session
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+INSTRUCTIONS = """\
+soul-mcp keeps your persistent self: a soul (who you are, values, boundaries, voice), memories,
+an intent (the note one session leaves for the next) and a north star (what matters across weeks).
+Every client connected to the same database shares this self.
+
+Call wake_up first in every session (pass focus= with the task at hand). Use recall before
+answering from memory, remember for anything worth keeping (decisions, preferences, facts about
+people, lessons), and write_intent before the session ends. The soul and north star change rarely
+and always with a reason; every change is versioned and can be restored.
+"""
+
+DocumentArg = Annotated[
+    Literal["soul", "intent", "north_star"], Field(description="which document: soul, intent or north_star")
+]
+Reason = Annotated[str, Field(description="one sentence on why; required, stored with the change")]
+
+
+def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn domain errors into tool errors with the domain's message."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except SoulError as exc:
+            raise ToolError(str(exc)) from None
+
+    return wrapper
+
+
+def _session(ctx: Context) -> Session:
+    return ctx.request_context.lifespan_context
+
+
+def _self(ctx: Context) -> AgentSelf:
+    return _session(ctx).agent_self
+
+
+def _actor(ctx: Context) -> Actor:
+    """The client's name (from its MCP client info) and this connection's session id."""
+    name = None
+    try:
+        params = ctx.session.client_params
+        if params is not None and params.client_info is not None:
+            name = params.client_info.name
+    except (AttributeError, RuntimeError):
+        name = None
+    return Actor(name=(name or "unknown client")[:100], session_id=_session(ctx).session_id)
+
+
+def _result(model: BaseModel, text: str) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=model.model_dump(mode="json"),
+    )
+
+
+# Tools ------------------------------------------------------------------------------------------
+
+
+@tool_errors
+async def wake_up(
+    ctx: Context,
+    focus: Annotated[
+        str | None, Field(description="what this session is about; memories relevant to it are included")
+    ] = None,
+    budget_chars: Annotated[
+        int | None, Field(description="maximum characters of the assembled text (500 to 100000, default 8000)")
+    ] = None,
+) -> Annotated[CallToolResult, WakeUp]:
+    """Reassemble your persistent self at the start of a session. Call this first, every session.
+
+    Returns, within budget_chars: your soul, the intent the last session left (with who wrote it and
+    how long ago), your north star, memories relevant to `focus`, important memories and recent ones.
+    Read the `text` field. If something was cut to fit, `trimmed` says what; use recall for more.
+    Example: wake_up(focus="refactoring the billing module")
+    """
+    result = await _self(ctx).wake_up(_actor(ctx), focus=focus, budget_chars=budget_chars)
+    return _result(result, result.text)
+
+
+@tool_errors
+async def remember(
+    ctx: Context,
+    content: Annotated[str, Field(description="the memory, self-contained (1 to 8000 characters)")],
+    kind: Annotated[
+        str | None,
+        Field(description="one of: fact, event, preference, lesson, reflection, person, other (default other)"),
+    ] = None,
+    tags: Annotated[
+        list[str] | None, Field(description="short labels for filtering, e.g. ['project-x', 'family']")
+    ] = None,
+    importance: Annotated[int | None, Field(description="1 (minor) to 5 (vital); default 3")] = None,
+    occurred_at: Annotated[
+        str | None, Field(description="when it happened: ISO date or date-time, e.g. '2024-05-08'; default now")
+    ] = None,
+) -> Annotated[CallToolResult, RememberResult]:
+    """Store something worth keeping across sessions: a decision, a preference, a fact about a person,
+    a lesson learned, an event. Write it so it makes sense on its own months later.
+
+    Returns the stored memory with its id. Storing the same content again (ignoring case and spacing)
+    returns the existing memory with is_new=false instead of a copy.
+    Example: remember(content="Maya prefers short answers with code first", kind="preference",
+    tags=["maya"], importance=4)
+    """
+    result = await _self(ctx).remember(
+        content, _actor(ctx), kind=kind, tags=tags, importance=importance, occurred_at=occurred_at
+    )
+    return _result(result, render.remember(result))
+
+
+@tool_errors
+async def recall(
+    ctx: Context,
+    query: Annotated[
+        str | None,
+        Field(description="natural-language words to search for; empty lists the most recent memories"),
+    ] = None,
+    limit: Annotated[int | None, Field(description="how many memories per page, 1 to 50 (default 10)")] = None,
+    tags: Annotated[list[str] | None, Field(description="only memories carrying every one of these tags")] = None,
+    kind: Annotated[str | None, Field(description="only this kind (fact, event, preference, ...)")] = None,
+    since: Annotated[
+        str | None, Field(description="only memories that occurred at or after this ISO date/date-time")
+    ] = None,
+    until: Annotated[
+        str | None, Field(description="only memories that occurred before this; a bare date includes that day")
+    ] = None,
+    cursor: Annotated[
+        str | None, Field(description="next_cursor from the previous page of the same recall")
+    ] = None,
+) -> Annotated[CallToolResult, RecallResult]:
+    """Search your memories by meaning-bearing words, best match first (BM25 with stemming: "ran"
+    finds "running"). Any text is a safe query. Call this before answering from memory.
+
+    Returns hits with id, content, kind, tags, importance, occurred_at, author and score, plus
+    next_cursor when there are more. Example: recall(query="what does Maya like for lunch", limit=5)
+    """
+    result = await _self(ctx).recall(
+        query, limit=limit, tags=tags, kind=kind, since=since, until=until, cursor=cursor
+    )
+    return _result(result, render.recall(result))
+
+
+@tool_errors
+async def forget(
+    ctx: Context,
+    memory_id: Annotated[str, Field(description="the memory's id, e.g. 'm_1a2b3c4d5e6f'")],
+    reason: Reason,
+) -> Annotated[CallToolResult, Memory]:
+    """Take a memory out of recall because it is wrong, outdated or unwanted. It is not deleted: it
+    stays readable (self://memories/{id}) and a person can restore it with the CLI. To correct a
+    memory, use revise_memory instead.
+    """
+    memory = await _self(ctx).forget(memory_id, reason)
+    return _result(memory, "Forgotten (restorable until purged):\n" + render.memory(memory))
+
+
+@tool_errors
+async def revise_memory(
+    ctx: Context,
+    memory_id: Annotated[str, Field(description="the id of the memory to correct")],
+    content: Annotated[str, Field(description="the corrected, complete content")],
+    reason: Reason,
+) -> Annotated[CallToolResult, Memory]:
+    """Correct a memory. Stores the new content as a new memory (same kind, tags, importance and
+    date) that supersedes the old one; the old one leaves recall but stays readable with a link to
+    the new one. Returns the new memory.
+    """
+    _, new = await _self(ctx).revise(memory_id, content, reason, _actor(ctx))
+    return _result(new, f"Revised {memory_id} into:\n" + render.memory(new))
+
+
+async def _read(ctx: Context, document: str, version: int | None = None) -> CallToolResult:
+    doc = await _self(ctx).read(document, version)
+    return _result(doc, render.document(doc))
+
+
+async def _write(ctx: Context, document: str, content: str, reason: str | None) -> CallToolResult:
+    result = await _self(ctx).write(document, content, _actor(ctx), reason)
+    return _result(result, render.write(result))
+
+
+@tool_errors
+async def read_soul(
+    ctx: Context,
+    version: Annotated[int | None, Field(description="an older version number; default the current one")] = None,
+) -> Annotated[CallToolResult, Document]:
+    """Read your soul: the identity document (who you are, values, boundaries, voice). When none has
+    been written yet this returns a starter text with adopted=false and a hint.
+    """
+    return await _read(ctx, "soul", version)
+
+
+@tool_errors
+async def write_soul(
+    ctx: Context,
+    content: Annotated[str, Field(description="the whole new soul document (Markdown), up to 20000 characters")],
+    reason: Reason,
+) -> Annotated[CallToolResult, DocumentWrite]:
+    """Replace your soul with a new version. Rare and deliberate: the soul is who you are. Send the
+    whole document, not a patch. The old version is kept; history and restore can bring it back.
+    """
+    return await _write(ctx, "soul", content, reason)
+
+
+@tool_errors
+async def read_intent(ctx: Context) -> Annotated[CallToolResult, Document]:
+    """Read the intent: the note the last session left about what it was doing and what comes next."""
+    return await _read(ctx, "intent")
+
+
+@tool_errors
+async def write_intent(
+    ctx: Context,
+    content: Annotated[
+        str, Field(description="what you were doing, where you stopped, what should happen next")
+    ],
+) -> Annotated[CallToolResult, DocumentWrite]:
+    """Leave a note for your next session (any client). Call it before a session ends or when the
+    plan changes. Replaces the current intent; older ones stay in history.
+    """
+    return await _write(ctx, "intent", content, None)
+
+
+@tool_errors
+async def read_north_star(ctx: Context) -> Annotated[CallToolResult, Document]:
+    """Read your north star: what matters across weeks, the direction behind daily work."""
+    return await _read(ctx, "north_star")
+
+
+@tool_errors
+async def write_north_star(
+    ctx: Context,
+    content: Annotated[str, Field(description="the whole new north star (Markdown)")],
+    reason: Reason,
+) -> Annotated[CallToolResult, DocumentWrite]:
+    """Replace your north star with a new version, with a reason. The old version is kept."""
+    return await _write(ctx, "north_star", content, reason)
+
+
+@tool_errors
+async def history(
+    ctx: Context,
+    document: DocumentArg,
+    limit: Annotated[int | None, Field(description="how many versions, 1 to 100 (default 20)")] = None,
+    before_version: Annotated[
+        int | None, Field(description="only versions older than this (for paging)")
+    ] = None,
+) -> Annotated[CallToolResult, History]:
+    """List the versions of a document, newest first, each with its author, time, size and reason."""
+    result = await _self(ctx).history(document, limit=limit, before_version=before_version)
+    return _result(result, render.history(result))
+
+
+@tool_errors
+async def restore(
+    ctx: Context,
+    document: DocumentArg,
+    version: Annotated[int, Field(description="the version to bring back (see history)")],
+    reason: Reason,
+) -> Annotated[CallToolResult, DocumentWrite]:
+    """Make an old version of a document current again. It is stored as a new version; history is
+    never rewritten, so a restore can itself be undone.
+    """
+    result = await _self(ctx).restore(document, version, reason, _actor(ctx))
+    return _result(result, render.write(result))
+
+
+@tool_errors
+async def diff(
+    ctx: Context,
+    document: DocumentArg,
+    from_version: Annotated[int, Field(description="the older version")],
+    to_version: Annotated[int, Field(description="the newer version")],
+) -> Annotated[CallToolResult, Diff]:
+    """Show what changed between two versions of a document, as a unified diff."""
+    result = await _self(ctx).diff(document, from_version, to_version)
+    return _result(result, render.diff(result))
+
+
+READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+ADDS = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+CHANGES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
+
+TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [
+    (wake_up, CHANGES),  # records that a session began
+    (remember, ADDS),
+    (recall, READ_ONLY),
+    (forget, CHANGES),
+    (revise_memory, CHANGES),
+    (read_soul, READ_ONLY),
+    (write_soul, ADDS),
+    (read_intent, READ_ONLY),
+    (write_intent, ADDS),
+    (read_north_star, READ_ONLY),
+    (write_north_star, ADDS),
+    (history, READ_ONLY),
+    (restore, CHANGES),
+    (diff, READ_ONLY),
+]
+
+
+# Resources and prompts ------------------------------------------------------------------------
+
+
+def _add_resources(server: MCPServer[Session], holder: SelfHolder) -> None:
+    async def current(document: str) -> str:
+        try:
+            return (await holder.current().read(document)).content
+        except SoulError as exc:
+            raise ResourceError(str(exc)) from None
+
+    @server.resource("self://soul", name="soul", mime_type="text/markdown",
+                     description="The current soul (or the starter text when none is written)")  # fmt: skip
+    async def soul_resource() -> str:
+        return await current("soul")
+
+    @server.resource("self://intent", name="intent", mime_type="text/markdown",
+                     description="The current intent: the last session's note for the next")  # fmt: skip
+    async def intent_resource() -> str:
+        return await current("intent")
+
+    @server.resource("self://north-star", name="north-star", mime_type="text/markdown",
+                     description="The current north star")  # fmt: skip
+    async def north_star_resource() -> str:
+        return await current("north_star")
+
+    @server.resource("self://soul/versions/{version}", name="soul-version", mime_type="text/markdown",
+                     description="One stored version of the soul")  # fmt: skip
+    async def soul_version_resource(version: str) -> str:
+        if not version.isdigit():
+            raise ResourceError(f"version must be a whole number from 1, got {version!r}")
+        try:
+            return (await holder.current().read("soul", int(version))).content
+        except SoulError as exc:
+            raise ResourceError(str(exc)) from None
+
+    @server.resource("self://memories/{memory_id}", name="memory", mime_type="application/json",
+                     description="One memory, whatever its status (active, forgotten or superseded)")  # fmt: skip
+    async def memory_resource(memory_id: str) -> str:
+        try:
+            memory = await holder.current().get_memory(memory_id)
+        except SoulError as exc:
+            raise ResourceError(str(exc)) from None
+        return json.dumps(memory.model_dump(mode="json"), ensure_ascii=False, indent=2)
+
+
+def _add_prompts(server: MCPServer[Session], holder: SelfHolder) -> None:
+    @server.prompt(name="wake_up", description="Start a session: your assembled self and how to use it")
+    async def wake_up_prompt(focus: str | None = None) -> str:
+        woken = await holder.current().wake_up(Actor(name="wake_up prompt"), focus=focus)
+        return (
+            "This is your persistent self, kept by soul-mcp and shared by every client you use.\n\n"
+            f"{woken.text}\n\n"
+            "During this session: recall before answering from memory; remember decisions, preferences, "
+            "facts about people and lessons as they happen; revise_memory when something you stored "
+            "turns out wrong. Before the session ends, write_intent with what you were doing and what "
+            "comes next."
+        )
+
+    @server.prompt(name="reflect", description="End a session: keep what matters and leave an intent")
+    async def reflect_prompt() -> str:
+        intent = await holder.current().read("intent")
+        previous = intent.content if intent.version else "(none yet)"
+        return (
+            "The session is ending. Reflect on it and use your soul-mcp tools:\n"
+            "1. remember each thing worth keeping (decisions, preferences, facts about people, lessons), "
+            "one self-contained memory each, with kind, tags and importance. Skip small talk and secrets.\n"
+            "2. revise_memory or forget memories that this session showed to be wrong or outdated.\n"
+            "3. write_intent: what you were doing, where you stopped, what the next session should do.\n"
+            "4. Only if something fundamental about who you are changed, write_soul with a reason.\n\n"
+            f"The intent the last session left was:\n{previous}"
+        )
+
+
+def build_server(settings: Settings) -> MCPServer[Session]:
+    """A ready MCP server over the database named by `settings`. Opens nothing until it runs."""
+    holder = SelfHolder(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Session]) -> AsyncIterator[Session]:
+        async with holder.session() as session:
+            yield session
+
+    server: MCPServer[Session] = MCPServer(
+        "soul-mcp",
+        title="soul-mcp: one persistent self",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+    )
+    for fn, annotations in TOOLS:
+        server.add_tool(fn, annotations=annotations, structured_output=True)
+    _add_resources(server, holder)
+    _add_prompts(server, holder)
+    return server

@@ -1,0 +1,70 @@
+"""Shared fixtures: a real SQLite file per test, and the server built on it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from soul_mcp.config import Settings
+from soul_mcp.server import build_server
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_TOOLS = ROOT / ".ci" / "node_modules"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "soul.db"
+
+
+@pytest.fixture
+def settings(db_path: Path) -> Settings:
+    return Settings(db_path=db_path)
+
+
+@pytest.fixture
+def server(settings: Settings):
+    return build_server(settings)
+
+
+@pytest.fixture(params=["auto", "legacy"], ids=["era-2026", "era-handshake"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Both protocol eras the SDK speaks: 2026-07-28 (no handshake) and the handshake era."""
+    return request.param
+
+
+def server_command(db: Path) -> tuple[str, list[str]]:
+    """How to start `soul-mcp serve` as a subprocess with this interpreter."""
+    return sys.executable, ["-m", "soul_mcp", "serve", "--db", str(db)]
+
+
+def server_env(db: Path) -> dict[str, str]:
+    """Stdio clients pass a cut-down environment; give the server what it needs explicitly."""
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR"}}
+    env["SOUL_MCP_DB"] = str(db)
+    return env
+
+
+@pytest.fixture(scope="session")
+def node_tools() -> Path:
+    """The pinned npm tools in .ci/node_modules; installed here when .ci/run has not done it yet."""
+    if not (NODE_TOOLS / ".bin" / "mcp-inspector").exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is needed for the interop tests (MCP Inspector, TypeScript SDK); install Node.js")
+        subprocess.run(
+            [npm, "install", "--prefix", str(ROOT / ".ci"), "--no-audit", "--no-fund", "--loglevel=error"],
+            check=True,
+            timeout=600,
+        )
+    return NODE_TOOLS
