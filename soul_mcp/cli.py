@@ -142,7 +142,9 @@ def cmd_restore_memory(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
-            print("error: purge deletes for good; pass --yes to confirm when not at a terminal", file=sys.stderr)
+            print(
+                "error: purge deletes for good; pass --yes to confirm when not at a terminal", file=sys.stderr
+            )
             return 1
         answer = input(f"Delete forgotten memory {args.memory_id} for good? [y/N] ")
         if answer.strip().lower() not in {"y", "yes"}:
@@ -189,13 +191,13 @@ def cmd_doc_diff(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     async def work(s: Any) -> None:
         stats = await s.stats()
-        text = (
+        lines = [
             f"Memories: {stats.memories_active} active, {stats.memories_forgotten} forgotten, "
-            f"{stats.memories_superseded} superseded\n"
-            + "\n".join(f"{doc}: {n} versions" for doc, n in sorted(stats.document_versions.items()))
-            + f"\nSessions: {stats.sessions}"
-        )
-        _print(args, stats, text)
+            f"{stats.memories_superseded} superseded",
+            *(f"{doc}: {n} versions" for doc, n in sorted(stats.document_versions.items())),
+            f"Sessions: {stats.sessions}",
+        ]
+        _print(args, stats, "\n".join(lines))
 
     return _run(args, work)
 
@@ -210,7 +212,9 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", help=f"SQLite file (default: ${DB_ENV}, else the platform's user data folder)")
+    common.add_argument(
+        "--db", help=f"SQLite file (default: ${DB_ENV}, else the platform's user data folder)"
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     parser = argparse.ArgumentParser(
@@ -220,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("serve", parents=[common], help="run the MCP server on stdio (started by an MCP client)")
+    p = sub.add_parser(
+        "serve", parents=[common], help="run the MCP server on stdio (started by an MCP client)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("wake", parents=[common], help="print what a new session would see")

@@ -52,7 +52,9 @@ class DocumentWrite(BaseModel):
     """The answer to a write or restore."""
 
     version: DocumentVersion
-    changed: bool = Field(description="False when the content was identical to the current version (nothing stored)")
+    changed: bool = Field(
+        description="False when the content was identical to the current version (nothing stored)"
+    )
 
 
 class VersionSummary(BaseModel):
@@ -112,7 +114,9 @@ class NewMemory(BaseModel):
 
 class RememberResult(BaseModel):
     memory: Memory
-    is_new: bool = Field(description="False when the same content was already stored; that memory is returned")
+    is_new: bool = Field(
+        description="False when the same content was already stored; that memory is returned"
+    )
 
 
 class RecallHit(BaseModel):
@@ -124,13 +128,22 @@ class RecallHit(BaseModel):
     occurred_at: str
     author: str
     score: float = Field(description="relevance (higher is better); 0 when listing by time")
+    context_of: str | None = Field(
+        default=None,
+        description="set when this memory lacks the query's words but was stored right beside "
+        "the memory with this id, which has them (e.g. the answer after a question)",
+    )
 
 
 class RecallResult(BaseModel):
     query: str
     hits: list[RecallHit]
-    next_cursor: str | None = Field(default=None, description="pass as cursor for the next page; None at the end")
-    note: str | None = Field(default=None, description="why nothing or less came back, when that needs saying")
+    next_cursor: str | None = Field(
+        default=None, description="pass as cursor for the next page; None at the end"
+    )
+    note: str | None = Field(
+        default=None, description="why nothing or less came back, when that needs saying"
+    )
 
 
 class DocumentInfo(BaseModel):

@@ -61,7 +61,9 @@ def node_tools() -> Path:
     if not (NODE_TOOLS / ".bin" / "mcp-inspector").exists():
         npm = shutil.which("npm")
         if npm is None:
-            pytest.fail("npm is needed for the interop tests (MCP Inspector, TypeScript SDK); install Node.js")
+            pytest.fail(
+                "npm is needed for the interop tests (MCP Inspector, TypeScript SDK); install Node.js"
+            )
         subprocess.run(
             [npm, "install", "--prefix", str(ROOT / ".ci"), "--no-audit", "--no-fund", "--loglevel=error"],
             check=True,

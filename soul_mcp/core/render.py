@@ -25,7 +25,11 @@ def hit_line(hit: RecallHit | Memory, max_chars: int | None = None) -> str:
         if part
     )
     content = clip(hit.content, max_chars) if max_chars else hit.content
-    return f"- [{hit.id}] ({meta})\n  " + content.replace("\n", "\n  ")
+    line = f"- [{hit.id}] ({meta})\n  " + content.replace("\n", "\n  ")
+    context_of = getattr(hit, "context_of", None)
+    if context_of:
+        line += f"\n  (found as context: stored right beside {context_of}, which matched)"
+    return line
 
 
 def document(doc: Document) -> str:
@@ -94,7 +98,8 @@ def recall(r: RecallResult) -> str:
     if not r.hits:
         lines = [f"No memories found for {r.query!r}." if r.query else "No memories stored yet."]
     else:
-        head = f"{len(r.hits)} memories" + (f" for {r.query!r}" if r.query else ", most recent first") + ":"
+        count = f"{len(r.hits)} memor{'y' if len(r.hits) == 1 else 'ies'}"
+        head = count + (f" for {r.query!r}" if r.query else ", most recent first") + ":"
         lines = [head] + [hit_line(h) for h in r.hits]
     if r.note:
         lines.append(r.note)

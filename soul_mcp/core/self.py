@@ -33,7 +33,7 @@ from soul_mcp.models import (
     VersionSummary,
     WakeUp,
 )
-from soul_mcp.storage.base import SearchQuery, Store
+from soul_mcp.storage.base import RANKED_MAX, SearchQuery, Store
 
 # Documents whose every write must say why (the intent is a running note and needs no reason).
 REASON_REQUIRED = {"soul", "north_star"}
@@ -44,7 +44,7 @@ EMPTY_DOCUMENTS = {
 }
 
 
-def _hit(memory: Memory, score: float = 0.0) -> RecallHit:
+def _hit(memory: Memory, score: float = 0.0, context_of: str | None = None) -> RecallHit:
     return RecallHit(
         id=memory.id,
         content=memory.content,
@@ -54,6 +54,7 @@ def _hit(memory: Memory, score: float = 0.0) -> RecallHit:
         occurred_at=memory.occurred_at,
         author=memory.author,
         score=round(score, 4),
+        context_of=context_of,
     )
 
 
@@ -98,7 +99,9 @@ class AgentSelf:
             restored_from=stored.restored_from,
         )
 
-    async def write(self, document: str, content: str, actor: Actor, reason: str | None = None) -> DocumentWrite:
+    async def write(
+        self, document: str, content: str, actor: Actor, reason: str | None = None
+    ) -> DocumentWrite:
         validate.document(document)
         content = validate.text(content, "content", self.limits.document_chars)
         if document in REASON_REQUIRED or reason is not None:
@@ -106,7 +109,9 @@ class AgentSelf:
         current = await self.store.get_version(document)
         if current is not None and current.content == content:
             return DocumentWrite(version=current, changed=False)
-        stored = await self.store.append_version(document, content, actor.name, reason, now_stored(), actor.session_id)
+        stored = await self.store.append_version(
+            document, content, actor.name, reason, now_stored(), actor.session_id
+        )
         return DocumentWrite(version=stored, changed=True)
 
     async def restore(self, document: str, version: int, reason: str, actor: Actor) -> DocumentWrite:
@@ -118,11 +123,19 @@ class AgentSelf:
         if current is not None and current.content == old.content:
             return DocumentWrite(version=current, changed=False)
         stored = await self.store.append_version(
-            document, old.content, actor.name, reason, now_stored(), actor.session_id, restored_from=old.version
+            document,
+            old.content,
+            actor.name,
+            reason,
+            now_stored(),
+            actor.session_id,
+            restored_from=old.version,
         )
         return DocumentWrite(version=stored, changed=True)
 
-    async def history(self, document: str, limit: int | None = None, before_version: int | None = None) -> History:
+    async def history(
+        self, document: str, limit: int | None = None, before_version: int | None = None
+    ) -> History:
         validate.document(document)
         limit = validate.limit(limit, 20, self.limits.history_limit_max)
         if before_version is not None:
@@ -249,7 +262,7 @@ class AgentSelf:
         tag_list = validate.tags(tags, self.limits)
         kind_ = validate.kind(kind) if kind is not None else None
         since_ = parse_moment(since, "since") if since is not None else None
-        until_ = parse_moment(until, "until", end_of_day=True) if until is not None else None
+        until_ = parse_moment(until, "until", end_of_period=True) if until is not None else None
         if since_ and until_ and since_ >= until_:
             raise InvalidInput(f"since ({since}) must be before until ({until})")
         terms = query_terms(query) if query else []
@@ -276,30 +289,38 @@ class AgentSelf:
         )
         hits: list[RecallHit] = []
         size = 0
-        for memory, score in found[:limit]:
-            hit = _hit(memory, score)
+        for found_hit in found[:limit]:
+            hit = _hit(found_hit.memory, found_hit.score, found_hit.context_of)
             size += len(render.hit_line(hit)) + 1
             if hits and size > self.limits.response_chars:
                 break  # the page is full; the rest comes with the cursor
             hits.append(hit)
         more = len(found) > len(hits)
+        note = None
+        if terms and not more and offset + len(hits) >= RANKED_MAX:
+            note = (
+                f"Recall ranks the best {RANKED_MAX} matches and this is the last of them; "
+                "use more specific words or a filter (tags, kind, since, until) to reach others."
+            )
         return RecallResult(
             query=query,
             hits=hits,
             next_cursor=cursors.encode(offset + len(hits), fingerprint) if more else None,
+            note=note,
         )
 
     # Wake-up -----------------------------------------------------------------------------------
 
-    async def wake_up(self, actor: Actor, focus: str | None = None, budget_chars: int | None = None) -> WakeUp:
+    async def wake_up(
+        self, actor: Actor, focus: str | None = None, budget_chars: int | None = None
+    ) -> WakeUp:
         budget = validate.limit(
-            budget_chars, self.limits.wake_budget_default, self.limits.wake_budget_max, "budget_chars"
+            budget_chars,
+            self.limits.wake_budget_default,
+            self.limits.wake_budget_max,
+            "budget_chars",
+            minimum=self.limits.wake_budget_min,
         )
-        if budget < self.limits.wake_budget_min:
-            raise InvalidInput(
-                f"budget_chars {budget} is too small; use {self.limits.wake_budget_min} to "
-                f"{self.limits.wake_budget_max} (default {self.limits.wake_budget_default})"
-            )
         if focus is not None:
             focus = validate.text(focus, "focus", self.limits.query_chars, allow_empty=True).strip() or None
         soul = await self.read("soul")
@@ -311,12 +332,15 @@ class AgentSelf:
             relevant = (await self.recall(focus, limit=8)).hits
         seen = tuple(h.id for h in relevant)
         important = [
-            _hit(m)
-            for m, _ in await self.store.search(SearchQuery(order="importance", limit=8, exclude_ids=seen))
-            if m.importance >= 4
+            _hit(h.memory)
+            for h in await self.store.search(SearchQuery(order="importance", limit=8, exclude_ids=seen))
+            if h.memory.importance >= 4
         ]
         seen += tuple(h.id for h in important)
-        recent = [_hit(m) for m, _ in await self.store.search(SearchQuery(order="recent", limit=8, exclude_ids=seen))]
+        recent = [
+            _hit(h.memory)
+            for h in await self.store.search(SearchQuery(order="recent", limit=8, exclude_ids=seen))
+        ]
 
         if actor.session_id:
             await self.store.record_session(actor.session_id, actor.name, now_stored())

@@ -26,6 +26,4 @@ SOUL_HINT = (
 INTENT_HINT = (
     "No intent yet. Before a session ends, call write_intent with what you were doing and what comes next."
 )
-NORTH_STAR_HINT = (
-    "No north star yet. When you know what matters across weeks, save it with write_north_star(content, reason)."
-)
+NORTH_STAR_HINT = "No north star yet. When you know what matters across weeks, save it with write_north_star(content, reason)."

@@ -32,12 +32,12 @@ def query_terms(text: str, max_terms: int = 32) -> list[str]:
     is a valid query. If every word is a stopword, the words are kept: "who am I" still searches.
     """
     words = [w.casefold() for w in _WORD.findall(unicodedata.normalize("NFKC", text))]
-    kept = [w for w in words if w not in STOPWORDS] or words
-    seen: dict[str, None] = {}
-    for word in kept:
-        for part in word.split("'"):
-            if part and part not in STOPWORDS:
-                seen.setdefault(part, None)
+    meaningful = [w for w in words if w not in STOPWORDS]
+    # "maya's" -> "maya", "s": the parts, as the index splits them, without the stopword parts.
+    parts = [p for w in meaningful for p in w.split("'") if p and p not in STOPWORDS]
+    if not parts:  # only stopwords: search for them rather than for nothing
+        parts = [p for w in words for p in w.split("'") if p]
+    seen = dict.fromkeys(parts)
     return list(seen)[:max_terms]
 
 

@@ -32,7 +32,9 @@ def text(value: str, field: str, max_chars: int, *, allow_empty: bool = False) -
 
 def reason(value: str | None, limits: Limits) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise InvalidInput("reason is required and must not be empty: say in a sentence why this change is made")
+        raise InvalidInput(
+            "reason is required and must not be empty: say in a sentence why this change is made"
+        )
     return text(value, "reason", limits.reason_chars).strip()
 
 
@@ -73,15 +75,20 @@ def importance(value: int | None) -> int:
     if value is None:
         return 3
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
-        raise InvalidInput(f"importance {value!r} is out of range; use a whole number from 1 (minor) to 5 (vital)")
+        raise InvalidInput(
+            f"importance {value!r} is out of range; use a whole number from 1 (minor) to 5 (vital)"
+        )
     return value
 
 
-def limit(value: int | None, default: int, maximum: int, field: str = "limit") -> int:
+def limit(value: int | None, default: int, maximum: int, field: str = "limit", minimum: int = 1) -> int:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidInput(f"{field} {value!r} is out of range; use a whole number from 1 to {maximum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidInput(
+            f"{field} {value!r} is out of range; use a whole number from {minimum} to {maximum} "
+            f"(default {default})"
+        )
     return value
 
 

@@ -40,7 +40,9 @@ def _section(doc: Document, title: str, share: int, trimmed: list[str], extra: s
 
 
 def _info(doc: Document) -> DocumentInfo:
-    return DocumentInfo(version=doc.version, adopted=doc.adopted, author=doc.author, created_at=doc.created_at)
+    return DocumentInfo(
+        version=doc.version, adopted=doc.adopted, author=doc.author, created_at=doc.created_at
+    )
 
 
 def assemble_wake_up(

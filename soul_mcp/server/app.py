@@ -54,6 +54,7 @@ DocumentArg = Annotated[
     Literal["soul", "intent", "north_star"], Field(description="which document: soul, intent or north_star")
 ]
 Reason = Annotated[str, Field(description="one sentence on why; required, stored with the change")]
+# Integer arguments are strict: pydantic's lax mode would read true as 1 and "3" as 3.
 
 
 def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -106,7 +107,10 @@ async def wake_up(
         str | None, Field(description="what this session is about; memories relevant to it are included")
     ] = None,
     budget_chars: Annotated[
-        int | None, Field(description="maximum characters of the assembled text (500 to 100000, default 8000)")
+        int | None,
+        Field(
+            strict=True, description="maximum characters of the assembled text (500 to 100000, default 8000)"
+        ),
     ] = None,
 ) -> Annotated[CallToolResult, WakeUp]:
     """Reassemble your persistent self at the start of a session. Call this first, every session.
@@ -126,14 +130,19 @@ async def remember(
     content: Annotated[str, Field(description="the memory, self-contained (1 to 8000 characters)")],
     kind: Annotated[
         str | None,
-        Field(description="one of: fact, event, preference, lesson, reflection, person, other (default other)"),
+        Field(
+            description="one of: fact, event, preference, lesson, reflection, person, other (default other)"
+        ),
     ] = None,
     tags: Annotated[
         list[str] | None, Field(description="short labels for filtering, e.g. ['project-x', 'family']")
     ] = None,
-    importance: Annotated[int | None, Field(description="1 (minor) to 5 (vital); default 3")] = None,
+    importance: Annotated[
+        int | None, Field(strict=True, description="1 (minor) to 5 (vital); default 3")
+    ] = None,
     occurred_at: Annotated[
-        str | None, Field(description="when it happened: ISO date or date-time, e.g. '2024-05-08'; default now")
+        str | None,
+        Field(description="when it happened: ISO date or date-time, e.g. '2024-05-08'; default now"),
     ] = None,
 ) -> Annotated[CallToolResult, RememberResult]:
     """Store something worth keeping across sessions: a decision, a preference, a fact about a person,
@@ -157,20 +166,32 @@ async def recall(
         str | None,
         Field(description="natural-language words to search for; empty lists the most recent memories"),
     ] = None,
-    limit: Annotated[int | None, Field(description="how many memories per page, 1 to 50 (default 10)")] = None,
-    tags: Annotated[list[str] | None, Field(description="only memories carrying every one of these tags")] = None,
+    limit: Annotated[
+        int | None, Field(strict=True, description="how many memories per page, 1 to 50 (default 10)")
+    ] = None,
+    tags: Annotated[
+        list[str] | None, Field(description="only memories carrying every one of these tags")
+    ] = None,
     kind: Annotated[str | None, Field(description="only this kind (fact, event, preference, ...)")] = None,
     since: Annotated[
-        str | None, Field(description="only memories that occurred at or after this ISO date/date-time")
+        str | None,
+        Field(
+            description="only memories from this time on: an ISO date or date-time, a month '2024-05', "
+            "a year, or 'today', 'yesterday', 'last week', 'this month', '3 days ago', ... (UTC)"
+        ),
     ] = None,
     until: Annotated[
-        str | None, Field(description="only memories that occurred before this; a bare date includes that day")
+        str | None,
+        Field(
+            description="only memories before the end of this: same forms as since; a day, month or "
+            "'last week' includes all of it"
+        ),
     ] = None,
     cursor: Annotated[
         str | None, Field(description="next_cursor from the previous page of the same recall")
     ] = None,
 ) -> Annotated[CallToolResult, RecallResult]:
-    """Search your memories by meaning-bearing words, best match first (BM25 with stemming: "ran"
+    """Search your memories by meaning-bearing words, best match first (BM25 with stemming: "runs"
     finds "running"). Any text is a safe query. Call this before answering from memory.
 
     Returns hits with id, content, kind, tags, importance, occurred_at, author and score, plus
@@ -224,7 +245,9 @@ async def _write(ctx: Context, document: str, content: str, reason: str | None) 
 @tool_errors
 async def read_soul(
     ctx: Context,
-    version: Annotated[int | None, Field(description="an older version number; default the current one")] = None,
+    version: Annotated[
+        int | None, Field(strict=True, description="an older version number; default the current one")
+    ] = None,
 ) -> Annotated[CallToolResult, Document]:
     """Read your soul: the identity document (who you are, values, boundaries, voice). When none has
     been written yet this returns a starter text with adopted=false and a hint.
@@ -235,7 +258,9 @@ async def read_soul(
 @tool_errors
 async def write_soul(
     ctx: Context,
-    content: Annotated[str, Field(description="the whole new soul document (Markdown), up to 20000 characters")],
+    content: Annotated[
+        str, Field(description="the whole new soul document (Markdown), up to 20000 characters")
+    ],
     reason: Reason,
 ) -> Annotated[CallToolResult, DocumentWrite]:
     """Replace your soul with a new version. Rare and deliberate: the soul is who you are. Send the
@@ -283,9 +308,11 @@ async def write_north_star(
 async def history(
     ctx: Context,
     document: DocumentArg,
-    limit: Annotated[int | None, Field(description="how many versions, 1 to 100 (default 20)")] = None,
+    limit: Annotated[
+        int | None, Field(strict=True, description="how many versions, 1 to 100 (default 20)")
+    ] = None,
     before_version: Annotated[
-        int | None, Field(description="only versions older than this (for paging)")
+        int | None, Field(strict=True, description="only versions older than this (for paging)")
     ] = None,
 ) -> Annotated[CallToolResult, History]:
     """List the versions of a document, newest first, each with its author, time, size and reason."""
@@ -297,7 +324,7 @@ async def history(
 async def restore(
     ctx: Context,
     document: DocumentArg,
-    version: Annotated[int, Field(description="the version to bring back (see history)")],
+    version: Annotated[int, Field(strict=True, description="the version to bring back (see history)")],
     reason: Reason,
 ) -> Annotated[CallToolResult, DocumentWrite]:
     """Make an old version of a document current again. It is stored as a new version; history is
@@ -311,17 +338,21 @@ async def restore(
 async def diff(
     ctx: Context,
     document: DocumentArg,
-    from_version: Annotated[int, Field(description="the older version")],
-    to_version: Annotated[int, Field(description="the newer version")],
+    from_version: Annotated[int, Field(strict=True, description="the older version")],
+    to_version: Annotated[int, Field(strict=True, description="the newer version")],
 ) -> Annotated[CallToolResult, Diff]:
     """Show what changed between two versions of a document, as a unified diff."""
     result = await _self(ctx).diff(document, from_version, to_version)
     return _result(result, render.diff(result))
 
 
-READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+READ_ONLY = ToolAnnotations(
+    readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False
+)
 ADDS = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False)
-CHANGES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
+CHANGES = ToolAnnotations(
+    readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False
+)
 
 TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [
     (wake_up, CHANGES),  # records that a session began
@@ -430,8 +461,8 @@ def build_server(settings: Settings) -> MCPServer[Session]:
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
     )
-    for fn, annotations in TOOLS:
-        server.add_tool(fn, annotations=annotations, structured_output=True)
+    for fn, hints in TOOLS:
+        server.add_tool(fn, annotations=hints, structured_output=True)
     _add_resources(server, holder)
     _add_prompts(server, holder)
     return server

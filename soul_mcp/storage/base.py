@@ -12,6 +12,9 @@ from typing import Literal, Protocol
 
 from soul_mcp.models import DocumentVersion, Memory, NewMemory, Stats
 
+# A text search ranks at most this many matches (plus their context neighbours); pages end there.
+RANKED_MAX = 500
+
 
 @dataclass(frozen=True)
 class SearchQuery:
@@ -26,6 +29,13 @@ class SearchQuery:
     offset: int = 0
     limit: int = 10
     exclude_ids: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    memory: Memory
+    score: float  # higher is better; 0 when listing by time
+    context_of: str | None = None  # set when it is here as the neighbour of a memory that matched
 
 
 class Store(Protocol):
@@ -74,8 +84,8 @@ class Store(Protocol):
         """Delete a forgotten memory for good; raises unless it is forgotten."""
         ...
 
-    async def search(self, query: SearchQuery) -> list[tuple[Memory, float]]:
-        """Active memories matching the query, best first, with a relevance score (higher is better)."""
+    async def search(self, query: SearchQuery) -> list[SearchHit]:
+        """Active memories matching the query, best first."""
         ...
 
     # Sessions and counts.

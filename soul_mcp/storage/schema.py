@@ -30,6 +30,9 @@ MIGRATIONS: list[str] = [
         tags              TEXT    NOT NULL DEFAULT '[]',
         importance        INTEGER NOT NULL CHECK (importance BETWEEN 1 AND 5),
         occurred_at       TEXT    NOT NULL,
+        -- Words for the index that the content may lack: the kind and the date in words
+        -- ("event, Monday 8 May 2023"), so "what happened in May" can match.
+        about             TEXT    NOT NULL DEFAULT '',
         created_at        TEXT    NOT NULL,
         author            TEXT    NOT NULL,
         session_id        TEXT,
@@ -56,26 +59,25 @@ MIGRATIONS: list[str] = [
     -- The full-text index holds active memories only, so recall never has to skip forgotten or
     -- superseded ones. Porter stemming matches "running" to "run"; diacritics are folded.
     CREATE VIRTUAL TABLE memories_fts USING fts5 (
-        content, tags,
+        content, tags, about,
         content = 'memories', content_rowid = 'rowid',
         tokenize = 'porter unicode61 remove_diacritics 2'
     );
-    -- Content counts more than tags in bm25.
-    INSERT INTO memories_fts (memories_fts, rank) VALUES ('rank', 'bm25(1.0, 0.5)');
 
     CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories WHEN new.status = 'active' BEGIN
-        INSERT INTO memories_fts (rowid, content, tags) VALUES (new.rowid, new.content, new.tags);
+        INSERT INTO memories_fts (rowid, content, tags, about)
+        VALUES (new.rowid, new.content, new.tags, new.about);
     END;
     CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories WHEN old.status = 'active' BEGIN
-        INSERT INTO memories_fts (memories_fts, rowid, content, tags)
-        VALUES ('delete', old.rowid, old.content, old.tags);
+        INSERT INTO memories_fts (memories_fts, rowid, content, tags, about)
+        VALUES ('delete', old.rowid, old.content, old.tags, old.about);
     END;
     CREATE TRIGGER memories_fts_status AFTER UPDATE OF status ON memories
     WHEN old.status <> new.status BEGIN
-        INSERT INTO memories_fts (memories_fts, rowid, content, tags)
-        SELECT 'delete', old.rowid, old.content, old.tags WHERE old.status = 'active';
-        INSERT INTO memories_fts (rowid, content, tags)
-        SELECT new.rowid, new.content, new.tags WHERE new.status = 'active';
+        INSERT INTO memories_fts (memories_fts, rowid, content, tags, about)
+        SELECT 'delete', old.rowid, old.content, old.tags, old.about WHERE old.status = 'active';
+        INSERT INTO memories_fts (rowid, content, tags, about)
+        SELECT new.rowid, new.content, new.tags, new.about WHERE new.status = 'active';
     END;
 
     CREATE TABLE sessions (

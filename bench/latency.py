@@ -1,0 +1,873 @@
+"""Latency of soul-mcp over a real stdio connection: remember, recall, cold start and memory use.
+
+For each size (1k, 10k, 100k memories by default) the script
+1. fills a database with synthetic memories through the project's own storage code (the same insert,
+   tag rows and FTS triggers that `remember` runs, batched into large transactions so that 100k
+   memories take seconds instead of an hour of one-fsync-per-call MCP traffic);
+2. spawns `python -m soul_mcp serve --db FILE` and drives it with the SDK's stdio client
+   (`mcp.Client(StdioServerParameters(...))`): recall and remember round trips, timed with
+   `time.perf_counter()` around each call after a few warm-up calls;
+3. replays the same recalls with a raw JSON-RPC client over the pipes (no SDK on the client side),
+   and in-process through `AgentSelf.recall` (no MCP at all), so the table shows where the time goes;
+4. measures cold start, spawn to the first `tools/list` answer, with the SDK client and with the raw
+   client (the raw one is the server's own cold start: spawn, write initialize +
+   notifications/initialized + tools/list, wait for the tools/list line);
+5. reads the server's resident memory from /proc/<pid>/status (VmRSS, VmHWM).
+
+Once per run it also times the imports behind cold start (a bare interpreter, `import
+mcp.server.mcpserver`, `import soul_mcp.server.app`, each ended with `os._exit` since cold start has
+no teardown either; `python -m soul_mcp version`) and breaks down `python -X importtime` by
+top-level package.
+
+It measures and reports; it asserts nothing about the targets (recall p50 <= 5 ms and p95 <= 15 ms at
+100k memories over stdio, cold start <= 0.6 s), it only marks them in the table.
+
+    .venv/bin/python bench/latency.py                       # 1k, 10k, 100k
+    .venv/bin/python bench/latency.py --sizes 1000 --queries 200 --json /tmp/latency.json
+    .venv/bin/python bench/latency.py --workdir /tmp/soul-bench   # keep and reuse the filled databases
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from soul_mcp import __version__
+from soul_mcp.config import Settings
+from soul_mcp.core import AgentSelf
+from soul_mcp.core.text import STOPWORDS, content_key
+from soul_mcp.models import NewMemory
+from soul_mcp.storage.sqlite import SQLiteStore
+
+HANDSHAKE_VERSION = "2025-11-25"  # the newest protocol of the initialize-handshake era
+FILL_BATCH = 2_000
+# Bump when the generator changes, so that a --workdir does not reuse a database filled differently.
+CORPUS_VERSION = 2
+TARGETS = {"recall_p50_ms": 5.0, "recall_p95_ms": 15.0, "cold_start_s": 0.6}
+
+
+# Synthetic corpus --------------------------------------------------------------------------------
+#
+# Memories are sentences an agent would keep ("Maya prefers ...", "we decided to ... because ...")
+# built from English function words and a generated vocabulary of ~5k content words. Content words,
+# names and tags follow a Zipf-Mandelbrot law, p(rank) ~ 1 / (rank + q)^s: pure Zipf (q = 0) would put
+# the most common content word in most memories, which no real notebook does; with q = 8 the head word
+# is in roughly one memory in ten, so common-word queries still match thousands of rows at 100k (the
+# expensive case for BM25), while the tail gives the rare words that make recall useful.
+
+ZIPF_S = 1.05
+ZIPF_Q = 8.0
+VOCABULARY_SIZE = 5_000
+NAMES = 400
+TAGS = 300
+KINDS = (
+    ("fact", 30),
+    ("event", 20),
+    ("preference", 15),
+    ("lesson", 10),
+    ("reflection", 8),
+    ("person", 7),
+    ("other", 10),
+)
+IMPORTANCE = ((1, 5), (2, 15), (3, 55), (4, 18), (5, 7))
+SPAN_DAYS = 730
+CLIENTS = ("claude-code", "claude-desktop", "cursor", "codex-cli")
+
+MEMORY_TEMPLATES = (
+    "{N} prefers {w} {w} over {w} when working on the {w} {w}",
+    "we decided to {w} the {w} {w} because the {w} {w} was too {w}",
+    "lesson: always {w} the {w} before you {w} the {w} {w}",
+    "met {N} at the {w} {w} and talked about {w}, {w} and {w}",
+    "the {w} {w} broke after the {w} {w}; the fix was to {w} the {w}",
+    "{N} said the {w} {w} should be {w} by {w}",
+    "remember that {N} is allergic to {w} and does not like {w} {w}",
+    "{N} asked for a {w} {w} of the {w} {w} with more {w}",
+    "I felt {w} about the {w} {w} today; next time {w} the {w} earlier",
+    "the {w} for the {w} {w} moved to {w} because of the {w}",
+    "our {w} {w} uses {w} with {w} and a {w} {w} in front",
+    "{N} and {N} will {w} the {w} {w} next {w}",
+    "{N} works on {w} {w} at {w} and wants to {w} {w} this year",
+    "the {w} {w} took {w} hours; {w} {w} would have been faster",
+)
+CLAUSES = (
+    ", and the {w} {w} was {w}",
+    "; {N} also mentioned {w} {w}",
+    " (see the {w} {w} notes)",
+    " after a long {w} about {w}",
+    ", which matters for the {w} {w} {w}",
+    " so we should {w} it before {w}",
+)
+QUESTION_TEMPLATES = (
+    "what did {N} say about the {w} {w}",
+    "what do we know about {w} {w}",
+    "when did we {w} the {w}",
+    "why did the {w} {w} {w}",
+    "how does {N} feel about {w} and {w}",
+    "what was decided about the {w} {w} {w}",
+    "does {N} like {w}",
+    "which {w} did we use for the {w} {w} {w}",
+    "where is the {w} for {w} {w}",
+    "tell me about {w} {w} and {w} {w} from the {w}",
+    "what should I remember about {N} and the {w}",
+)
+# Recall calls of each kind, out of 100: natural questions (with stopwords), bare keywords, a
+# question narrowed by a tag or by a date, and listings with an empty query (half with a tag).
+QUERY_MIX = (("question", 40), ("keywords", 20), ("tag", 15), ("since", 15), ("empty", 10))
+
+_ONSETS = "b c d f g h j k l m n p r s t v w z br cl dr fl gr pl pr sk sl sp st tr ch sh th".split()
+_VOWELS = "a e i o u a e i o ai ea ou".split()
+_CODAS = ["", "", "", "n", "r", "l", "s", "t", "m", "nd", "st", "rk"]
+
+
+def _zipf_weights(size: int) -> list[float]:
+    return [1.0 / (rank + ZIPF_Q) ** ZIPF_S for rank in range(1, size + 1)]
+
+
+def _pseudo_words(rng: random.Random, count: int, syllables: tuple[int, int]) -> list[str]:
+    words: dict[str, None] = {}
+    while len(words) < count:
+        word = "".join(
+            rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+            for _ in range(rng.randint(*syllables))
+        )
+        if 3 <= len(word) <= 12 and word not in STOPWORDS:
+            words.setdefault(word, None)
+    return list(words)
+
+
+class Corpus:
+    """Deterministic generator of memories and recall calls (one seed, same corpus everywhere)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.words = _pseudo_words(self.rng, VOCABULARY_SIZE, (1, 3))
+        self.names = [w.capitalize() for w in _pseudo_words(random.Random(seed + 1), NAMES, (2, 2))]
+        tag_words = self.words[:: max(1, VOCABULARY_SIZE // TAGS)][:TAGS]
+        self.tags = [f"project-{w}" if i % 3 == 0 else w for i, w in enumerate(tag_words)]
+        # Cumulative weights make rng.choices fast enough for a million draws.
+        self._word_cw = _cumulative(_zipf_weights(len(self.words)))
+        self._name_cw = _cumulative(_zipf_weights(len(self.names)))
+        self._tag_cw = _cumulative(_zipf_weights(len(self.tags)))
+        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def word(self) -> str:
+        return self.rng.choices(self.words, cum_weights=self._word_cw)[0]
+
+    def name(self) -> str:
+        return self.rng.choices(self.names, cum_weights=self._name_cw)[0]
+
+    def tag(self) -> str:
+        return self.rng.choices(self.tags, cum_weights=self._tag_cw)[0]
+
+    def _fill(self, template: str) -> str:
+        return re.sub(r"\{(w|N)\}", lambda m: self.word() if m.group(1) == "w" else self.name(), template)
+
+    def sentence(self) -> str:
+        text = self._fill(self.rng.choice(MEMORY_TEMPLATES))
+        for _ in range(self.rng.choices((0, 1, 2), weights=(45, 40, 15))[0]):
+            text += self._fill(self.rng.choice(CLAUSES))
+        return text[0].upper() + text[1:] + "."
+
+    def moment(self, within_days: int = SPAN_DAYS) -> datetime:
+        return self.now - timedelta(seconds=self.rng.randrange(within_days * 86_400))
+
+    def memory_args(self) -> dict[str, Any]:
+        """Arguments of one `remember` call."""
+        tag_count = self.rng.choices((0, 1, 2, 3), weights=(25, 40, 25, 10))[0]
+        return {
+            "content": self.sentence(),
+            "kind": self.rng.choices([k for k, _ in KINDS], weights=[w for _, w in KINDS])[0],
+            "tags": list(dict.fromkeys(self.tag() for _ in range(tag_count))),
+            "importance": self.rng.choices([i for i, _ in IMPORTANCE], weights=[w for _, w in IMPORTANCE])[0],
+            "occurred_at": self.moment().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def fill_memories(self, count: int) -> Iterator[tuple[NewMemory, str]]:
+        """`count` memories (with their created_at) in the order sessions would have stored them.
+
+        Sessions are spread over two years, oldest first; each is one client storing 1 to 20 memories a
+        few minutes apart, so neighbours in storage order share author, session and day (which recall's
+        neighbour expansion looks at). One memory in ten is dated in the past ("met Maya last year").
+        """
+        lengths: list[int] = []
+        while sum(lengths) < count:
+            lengths.append(self.rng.randint(1, 20))
+        starts = sorted(self.moment() for _ in lengths)
+        produced = 0
+        seen: set[str] = set()  # an active memory's content is unique: the store would refuse a twin
+        for start, length in zip(starts, lengths, strict=True):
+            author = self.rng.choice(CLIENTS)
+            session_id = f"{self.rng.getrandbits(64):016x}"
+            for i in range(length):
+                if produced == count:
+                    return
+                args = self.memory_args()
+                while content_key(args["content"]) in seen:
+                    args = self.memory_args()
+                seen.add(content_key(args["content"]))
+                created = start + timedelta(minutes=3 * i, seconds=self.rng.randrange(180))
+                if self.rng.random() < 0.9:
+                    args["occurred_at"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+                new = NewMemory(
+                    content_key=content_key(args["content"]), author=author, session_id=session_id, **args
+                )
+                produced += 1
+                yield new, created.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def recall_args(self) -> tuple[str, dict[str, Any]]:
+        """(category, arguments) of one `recall` call; queries are 3 to 10 words."""
+        category = self.rng.choices([c for c, _ in QUERY_MIX], weights=[w for _, w in QUERY_MIX])[0]
+        if category == "empty":
+            return category, ({"tags": [self.tag()]} if self.rng.random() < 0.5 else {})
+        if category == "keywords":
+            query = " ".join(
+                self.word() if self.rng.random() < 0.85 else self.name()
+                for _ in range(self.rng.randint(3, 6))
+            )
+        else:
+            query = self._fill(self.rng.choice(QUESTION_TEMPLATES))
+        args: dict[str, Any] = {"query": query}
+        if category == "tag":
+            args["tags"] = [self.tag()]
+        elif category == "since":
+            args["since"] = self.moment(within_days=365).strftime("%Y-%m-%d")
+        return category, args
+
+
+def _cumulative(weights: Sequence[float]) -> list[float]:
+    total, out = 0.0, []
+    for w in weights:
+        total += w
+        out.append(total)
+    return out
+
+
+# Filling a database ------------------------------------------------------------------------------
+
+
+async def fill(path: Path, count: int, corpus: Corpus) -> dict[str, Any]:
+    """Store `count` memories through SQLiteStore's own insert path, FILL_BATCH per transaction.
+
+    `AgentSelf.remember` commits (and fsyncs) once per memory, a few hundred a second at best; here
+    the same `_insert_memory` (memory row, tag rows, FTS trigger) runs inside one transaction per batch.
+    """
+    started = time.perf_counter()
+    store = await SQLiteStore.open(path, synchronous="OFF")  # a fill that dies is simply redone
+    done = 0
+    try:
+        memories = corpus.fill_memories(count)
+        while done < count:
+            batch = [next(memories) for _ in range(min(FILL_BATCH, count - done))]
+            async with store._transaction() as db:
+                for new, created_at in batch:
+                    await store._insert_memory(db, new, created_at)
+            done += len(batch)
+    finally:
+        await store.close()
+    return {"seconds": round(time.perf_counter() - started, 2), "memories": done}
+
+
+def corpus_stats(path: Path) -> dict[str, Any]:
+    """Size on disk, and how common the head words are: the share of memories holding each one."""
+    db = sqlite3.connect(path)
+    try:
+        total = db.execute("SELECT count(*) FROM memories").fetchone()[0]
+        db.execute("CREATE VIRTUAL TABLE temp.bench_vocab USING fts5vocab(main, 'memories_fts', 'row')")
+        head = db.execute("SELECT term, doc FROM temp.bench_vocab ORDER BY doc DESC LIMIT 100").fetchall()
+    finally:
+        db.close()
+    # Stemmed index terms; the function words of the templates are left out, as recall drops them.
+    top = [(t, d) for t, d in head if t not in STOPWORDS and len(t) > 2][:8]
+    return {
+        "memories": total,
+        "db_mb": round(path.stat().st_size / 1e6, 1),
+        "top_terms_doc_share": {t: round(d / total, 3) for t, d in top},
+    }
+
+
+# Server processes --------------------------------------------------------------------------------
+
+
+def server_command(db: Path) -> list[str]:
+    return [sys.executable, "-m", "soul_mcp", "serve", "--db", str(db)]
+
+
+def server_env(db: Path) -> dict[str, str]:
+    """What a host passes to a stdio server: a cut-down environment plus the database.
+
+    The log level only silences the two INFO lines per start, which would clutter the output.
+    PYTHONPATH is passed on when set, so that a scratch copy of soul_mcp can be measured.
+    """
+    keep = {"PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR", "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env["SOUL_MCP_DB"] = str(db)
+    env["SOUL_MCP_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+def child_server_pid(db: Path) -> int:
+    """The pid of the server the SDK client spawned: our child whose command line names the database."""
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except FileNotFoundError:
+                continue
+            if b"soul_mcp" in cmdline and str(db).encode() in cmdline:
+                return int(pid)
+    raise RuntimeError(f"no child server process serving {db} found")
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS (resident now) and VmHWM (peak resident) from /proc/<pid>/status, in KiB."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in {"VmRSS", "VmHWM"}:
+            out[key] = int(value.split()[0])
+    return out
+
+
+class RawClient:
+    """JSON-RPC over the server's pipes with nothing in between: one line out, one line back."""
+
+    def __init__(self, db: Path) -> None:
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close(), kept for error messages)
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            server_command(db),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=server_env(db),
+        )
+        self._next_id = 0
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        self.process.stdin.flush()
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> int:
+        self._next_id += 1
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.send(message)
+        return self._next_id
+
+    def response(self, request_id: int) -> tuple[float, dict[str, Any]]:
+        """(perf_counter when the answer's line arrived, the answer); skips notifications."""
+        assert self.process.stdout is not None
+        while True:
+            line = self.process.stdout.readline()
+            arrived = time.perf_counter()
+            if not line:
+                self.stderr.seek(0)
+                raise RuntimeError(
+                    f"the server closed stdout; stderr:\n{self.stderr.read().decode()[-2000:]}"
+                )
+            answer = json.loads(line)
+            if answer.get("id") == request_id:
+                if "error" in answer:
+                    raise RuntimeError(f"request {request_id} failed: {answer['error']}")
+                return arrived, answer
+
+    def handshake(self) -> dict[str, float]:
+        """Write initialize, initialized and tools/list at once; seconds from spawn to each answer."""
+        init = self.request(
+            "initialize",
+            {
+                "protocolVersion": HANDSHAKE_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "bench-raw", "version": "0"},
+            },
+        )
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        tools = self.request("tools/list")
+        init_at, _ = self.response(init)
+        tools_at, answer = self.response(tools)
+        if not answer["result"]["tools"]:
+            raise RuntimeError("tools/list answered with no tools")
+        return {"initialize": init_at - self.started, "tools_list": tools_at - self.started}
+
+    def call_tool(self, name: str, arguments: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        sent = time.perf_counter()
+        request_id = self.request("tools/call", {"name": name, "arguments": arguments})
+        arrived, answer = self.response(request_id)
+        if answer["result"].get("isError"):
+            raise RuntimeError(f"{name}({arguments}) failed: {answer['result']['content'][0]['text']}")
+        return (arrived - sent) * 1000, answer["result"]
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()  # end of input: the server exits on its own
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        self.stderr.close()
+
+
+# Statistics --------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least p% of the samples at or below it."""
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summary(values: Sequence[float], digits: int = 2) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "p50": round(percentile(ordered, 50), digits),
+        "p95": round(percentile(ordered, 95), digits),
+        "p99": round(percentile(ordered, 99), digits),
+        "mean": round(statistics.fmean(ordered), digits),
+        "max": round(ordered[-1], digits),
+    }
+
+
+def by_category(samples: list[tuple[str, float]]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[float]] = {}
+    for category, ms in samples:
+        groups.setdefault(category, []).append(ms)
+    return {c: summary(v) for c, v in sorted(groups.items())}
+
+
+# Measurements ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    recalls: list[tuple[str, dict[str, Any]]]
+    remembers: list[dict[str, Any]]
+    warmup_recalls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    warmup_remembers: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
+    """Recall and remember round trips through the SDK's stdio client."""
+    from mcp import Client, StdioServerParameters
+
+    command, *args = server_command(db)
+    params = StdioServerParameters(command=command, args=args, env=server_env(db))
+    async with Client(params, mode=mode) as client:
+        await client.list_tools()
+        pid = child_server_pid(db)
+        rss_loaded = memory_kb(pid)
+
+        async def call(name: str, arguments: dict[str, Any]) -> tuple[float, Any]:
+            started = time.perf_counter()
+            result = await client.call_tool(name, arguments)
+            elapsed = (time.perf_counter() - started) * 1000
+            if result.is_error:
+                raise RuntimeError(f"{name}({arguments}) failed: {result.content[0].text}")
+            return elapsed, result
+
+        for _, arguments in work.warmup_recalls:
+            await call("recall", arguments)
+        for arguments in work.warmup_remembers:
+            await call("remember", arguments)
+
+        recall_samples: list[tuple[str, float]] = []
+        slowest: list[dict[str, Any]] = []
+        for category, arguments in work.recalls:
+            ms, result = await call("recall", arguments)
+            recall_samples.append((category, ms))
+            slowest.append(
+                {
+                    "ms": round(ms, 2),
+                    "category": category,
+                    "args": arguments,
+                    "hits": len(result.structured_content["hits"]),
+                }
+            )
+
+        remember_ms: list[float] = []
+        duplicates = 0
+        for arguments in work.remembers:
+            ms, result = await call("remember", arguments)
+            remember_ms.append(ms)
+            duplicates += not result.structured_content["is_new"]
+        rss_after = memory_kb(pid)
+
+    slowest.sort(key=lambda s: s["ms"], reverse=True)
+    return {
+        "recall": summary([ms for _, ms in recall_samples]),
+        "recall_by_category": by_category(recall_samples),
+        "recall_slowest": slowest[:10],
+        "remember": summary(remember_ms),
+        "remember_duplicates": duplicates,
+        "rss_kb": {
+            "after_load": rss_loaded["VmRSS"],
+            "after_workload": rss_after["VmRSS"],
+            "peak": rss_after["VmHWM"],
+        },
+    }
+
+
+def measure_raw(db: Path, work: Workload) -> dict[str, Any]:
+    """The same recalls through the raw client: the server's latency plus the pipes, nothing else."""
+    client = RawClient(db)
+    try:
+        client.handshake()
+        for _, arguments in work.warmup_recalls:
+            client.call_tool("recall", arguments)
+        samples = [
+            (category, client.call_tool("recall", arguments)[0]) for category, arguments in work.recalls
+        ]
+    finally:
+        client.close()
+    return {"recall": summary([ms for _, ms in samples]), "recall_by_category": by_category(samples)}
+
+
+async def measure_in_process(db: Path, work: Workload) -> dict[str, Any]:
+    """The same recalls through AgentSelf.recall in this process: the domain and SQL, no MCP."""
+    agent_self = await AgentSelf.open(Settings(db_path=db))
+    try:
+        for _, arguments in work.warmup_recalls:
+            await agent_self.recall(**arguments)
+        samples: list[tuple[str, float]] = []
+        for category, arguments in work.recalls:
+            started = time.perf_counter()
+            await agent_self.recall(**arguments)
+            samples.append((category, (time.perf_counter() - started) * 1000))
+    finally:
+        await agent_self.close()
+    return {"recall": summary([ms for _, ms in samples]), "recall_by_category": by_category(samples)}
+
+
+async def cold_start_sdk(db: Path, runs: int, mode: str) -> dict[str, Any]:
+    """Seconds from creating the SDK client (which spawns the server) to the first tools/list answer."""
+    from mcp import Client, StdioServerParameters
+
+    command, *args = server_command(db)
+    params = StdioServerParameters(command=command, args=args, env=server_env(db))
+    seconds: list[float] = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        async with Client(params, mode=mode) as client:
+            await client.list_tools()
+            seconds.append(time.perf_counter() - started)
+    return {
+        "median_s": round(statistics.median(seconds), 3),
+        "p95_s": round(percentile(sorted(seconds), 95), 3),
+        "min_s": round(min(seconds), 3),
+        "runs": [round(s, 3) for s in seconds],
+    }
+
+
+def cold_start_raw(db: Path, runs: int) -> dict[str, Any]:
+    """Seconds from spawn to the initialize and tools/list answers, with the raw client."""
+    to_init: list[float] = []
+    to_tools: list[float] = []
+    for _ in range(runs):
+        client = RawClient(db)
+        try:
+            times = client.handshake()
+        finally:
+            client.close()
+        to_init.append(times["initialize"])
+        to_tools.append(times["tools_list"])
+    return {
+        "median_s": round(statistics.median(to_tools), 3),
+        "p95_s": round(percentile(sorted(to_tools), 95), 3),
+        "min_s": round(min(to_tools), 3),
+        "initialize_median_s": round(statistics.median(to_init), 3),
+        "runs": [round(s, 3) for s in to_tools],
+    }
+
+
+def timed_command(argv: list[str], runs: int) -> dict[str, float]:
+    """Wall-clock seconds of a command, median and fastest (after one untimed run that warms the
+    .pyc cache). On a busy machine the fastest run is the better estimate of the cost itself."""
+    subprocess.run(argv, check=True, capture_output=True)
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        seconds.append(time.perf_counter() - started)
+    return {"median_s": round(statistics.median(seconds), 3), "min_s": round(min(seconds), 3)}
+
+
+def importtime(argv: list[str]) -> dict[str, Any]:
+    """`python -X importtime`: self time summed per top-level package, and soul_mcp's modules."""
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], check=True, capture_output=True, text=True
+    )
+    per_package: Counter[str] = Counter()
+    own: dict[str, float] = {}
+    for line in run.stderr.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if not match:
+            continue
+        self_us, module = int(match.group(1)), match.group(4)
+        per_package[module.split(".")[0]] += self_us
+        if module.split(".")[0] == "soul_mcp":
+            own[module] = own.get(module, 0) + self_us / 1000
+    return {
+        "total_ms": round(sum(per_package.values()) / 1000, 1),
+        "soul_mcp_ms": round(sum(own.values()), 1),
+        "soul_mcp_modules_ms": {m: round(ms, 1) for m, ms in sorted(own.items(), key=lambda kv: -kv[1])[:6]},
+        "top_packages_ms": {p: round(us / 1000, 1) for p, us in per_package.most_common(10)},
+    }
+
+
+def measure_imports(runs: int) -> dict[str, Any]:
+    """Spawn-to-imported wall times. `os._exit` skips the interpreter's teardown (~0.15 s of freeing
+    the SDK's models), which cold start does not include either: it ends at the tools/list answer."""
+    py = sys.executable
+
+    def imported(module: str) -> list[str]:
+        return [py, "-c", f"import {module}; import os; os._exit(0)"]
+
+    return {
+        "python_startup_s": timed_command(imported("os"), runs),
+        "import_mcp_server_s": timed_command(imported("mcp.server.mcpserver"), runs),
+        "import_soul_mcp_server_s": timed_command(imported("soul_mcp.server.app"), runs),
+        "soul_mcp_version_s": timed_command([py, "-m", "soul_mcp", "version"], runs),
+        "importtime_version": importtime(["-m", "soul_mcp", "version"]),
+        "importtime_server": importtime(["-c", "import soul_mcp.server.app"]),
+    }
+
+
+# Driver ------------------------------------------------------------------------------------------
+
+
+async def prepare_db(size: int, seed: int, workdir: Path) -> tuple[Path, dict[str, Any]]:
+    """A filled database for `size`, reused from the workdir when an identical fill is there."""
+    filled = workdir / f"fill-{size}-s{seed}-v{CORPUS_VERSION}.db"
+    corpus = Corpus(seed)
+    if filled.exists():
+        info: dict[str, Any] = {"seconds": None, "memories": size, "reused": True}
+    else:
+        partial = filled.with_suffix(".partial")
+        for leftover in workdir.glob(partial.name + "*"):
+            leftover.unlink()
+        info = await fill(partial, size, corpus)
+        partial.rename(filled)
+    info.update(corpus_stats(filled))
+    # Measure on a copy: remember adds memories, and the fill stays reusable.
+    run_db = workdir / f"run-{size}.db"
+    for old in workdir.glob(run_db.name + "*"):
+        old.unlink()
+    shutil.copyfile(filled, run_db)
+    return run_db, info
+
+
+async def measure_size(size: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    print(f"\n== {size:,} memories", file=sys.stderr)
+    db, fill_info = await prepare_db(size, args.seed, workdir)
+    print(f"   database ready: {fill_info}", file=sys.stderr)
+
+    # The workload's own seed, distinct from the fill's, so queries are not the fill's sentences.
+    corpus = Corpus(args.seed)
+    corpus.rng = random.Random(args.seed * 1_000 + 1)
+    work = Workload(
+        recalls=[corpus.recall_args() for _ in range(args.queries)],
+        remembers=[corpus.memory_args() for _ in range(args.remembers)],
+        warmup_recalls=[corpus.recall_args() for _ in range(args.warmup)],
+        warmup_remembers=[corpus.memory_args() for _ in range(3)],
+    )
+    # The machine may be shared: the load average says how quiet it was while this size ran.
+    result: dict[str, Any] = {"memories": size, "fill": fill_info, "load_before": os.getloadavg()[0]}
+    print("   SDK stdio client: recall, remember ...", file=sys.stderr)
+    result["sdk"] = await measure_sdk(db, work, args.mode)
+    print("   raw stdio client: recall ...", file=sys.stderr)
+    result["raw"] = await asyncio.to_thread(measure_raw, db, work)
+    print("   in-process AgentSelf.recall ...", file=sys.stderr)
+    result["in_process"] = await measure_in_process(db, work)
+    print(f"   cold start x{args.cold_runs} (SDK, raw) ...", file=sys.stderr)
+    result["cold_start_sdk"] = await cold_start_sdk(db, args.cold_runs, args.mode)
+    result["cold_start_raw"] = await asyncio.to_thread(cold_start_raw, db, args.cold_runs)
+    result["load_after"] = os.getloadavg()[0]
+    return result
+
+
+def _mark(value: float, target: float) -> str:
+    return "ok" if value <= target else "MISS"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(
+        f"\nsoul-mcp {m['soul_mcp']} ({m['git']}), mcp {m['mcp']}, Python {m['python']}, SQLite {m['sqlite']}, "
+        f"{m['cpus']} CPUs; SDK client mode={report['args']['mode']}"
+    )
+    print("\nround trips in ms (targets at 100k: recall p50 <= 5, p95 <= 15 over stdio)")
+    header = f"{'memories':>9}  {'call':<22} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}  {'load':>4}"
+    print(header + "\n" + "-" * len(header))
+    for row in report["sizes"]:
+        lines = (
+            ("remember, SDK stdio", row["sdk"]["remember"]),
+            ("recall, SDK stdio", row["sdk"]["recall"]),
+            ("recall, raw stdio", row["raw"]["recall"]),
+            ("recall, in-process", row["in_process"]["recall"]),
+        )
+        for i, (what, s) in enumerate(lines):
+            size, load = (f"{row['memories']:,}", f"{row['load_before']:.1f}") if i == 0 else ("", "")
+            mark = ""
+            if what == "recall, SDK stdio" and row["memories"] >= 100_000:
+                p50, p95 = (
+                    _mark(s["p50"], TARGETS["recall_p50_ms"]),
+                    _mark(s["p95"], TARGETS["recall_p95_ms"]),
+                )
+                mark = f"  p50 {p50}, p95 {p95}"
+            print(
+                f"{size:>9}  {what:<22} {s['p50']:>7.2f} {s['p95']:>7.2f} {s['p99']:>7.2f} {s['max']:>7.2f}"
+                f"  {load:>4}{mark}"
+            )
+
+    categories = [c for c, _ in QUERY_MIX]
+    print("\nrecall p50 / p95 by kind of query (SDK stdio, ms)")
+    print(f"{'memories':>9}  " + "".join(f"{c:>16}" for c in categories))
+    for row in report["sizes"]:
+        found = row["sdk"]["recall_by_category"]
+        cells = [f"{found[c]['p50']:.2f} / {found[c]['p95']:.2f}" if c in found else "-" for c in categories]
+        print(f"{row['memories']:>9,}  " + "".join(f"{c:>16}" for c in cells))
+
+    print(
+        f"\ncold start: spawn to the first tools/list answer, s (target <= {TARGETS['cold_start_s']}); server RSS"
+    )
+    header = (
+        f"{'memories':>9}  {'SDK med':>7} {'SDK p95':>7} {'raw med':>7} {'raw p95':>7} {'raw min':>8}"
+        f"  {'RSS loaded':>10} {'RSS end':>8} {'RSS peak':>8}"
+    )
+    print(header + "\n" + "-" * len(header))
+    for row in report["sizes"]:
+        sdk, raw, rss = row["cold_start_sdk"], row["cold_start_raw"], row["sdk"]["rss_kb"]
+        print(
+            f"{row['memories']:>9,}  {sdk['median_s']:>7.3f} {sdk['p95_s']:>7.3f} {raw['median_s']:>7.3f} "
+            f"{raw['p95_s']:>7.3f} {raw['min_s']:>8.3f}  {rss['after_load'] / 1024:>8.1f}MB "
+            f"{rss['after_workload'] / 1024:>6.1f}MB {rss['peak'] / 1024:>6.1f}MB  "
+            f"{_mark(raw['median_s'], TARGETS['cold_start_s'])}"
+        )
+
+    imports = report.get("imports")
+    if imports:
+        print("\nwhere cold start goes: wall time of a fresh interpreter, s")
+        for label, key in (
+            ("python startup (no teardown)", "python_startup_s"),
+            ("+ import mcp.server.mcpserver", "import_mcp_server_s"),
+            ("+ import soul_mcp.server.app", "import_soul_mcp_server_s"),
+            ("python -m soul_mcp version", "soul_mcp_version_s"),
+        ):
+            print(f"  {label:<42} median {imports[key]['median_s']:.3f}  fastest {imports[key]['min_s']:.3f}")
+        server, version = imports["importtime_server"], imports["importtime_version"]
+        print(
+            f"  python -X importtime -c 'import soul_mcp.server.app': {server['total_ms']} ms of imports "
+            f"(importtime inflates this), soul_mcp's own modules {server['soul_mcp_ms']} ms"
+        )
+        print(
+            "    self time by package, ms: "
+            + ", ".join(f"{p} {ms}" for p, ms in server["top_packages_ms"].items())
+        )
+        print(
+            "    soul_mcp modules, ms: "
+            + ", ".join(f"{m} {ms}" for m, ms in server["soul_mcp_modules_ms"].items())
+        )
+        print(
+            f"  python -X importtime -m soul_mcp version: {version['total_ms']} ms of imports, "
+            f"soul_mcp's own {version['soul_mcp_ms']} ms"
+        )
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    root = Path(__file__).resolve().parent.parent
+    git = subprocess.run(
+        ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    return {
+        "soul_mcp": __version__,
+        "git": git.stdout.strip() or None,
+        "mcp": version("mcp"),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated memory counts")
+    parser.add_argument("--queries", type=int, default=500, help="timed recall calls per size")
+    parser.add_argument("--remembers", type=int, default=200, help="timed remember calls per size")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed recall calls first")
+    parser.add_argument("--cold-runs", type=int, default=10, help="cold starts per client kind and size")
+    parser.add_argument(
+        "--mode",
+        default="legacy",
+        choices=["legacy", "auto"],
+        help="SDK client era: legacy = initialize handshake (what hosts speak today), "
+        "auto = 2026 era (default: legacy)",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--workdir", type=Path, help="keep filled databases here and reuse them on later runs"
+    )
+    parser.add_argument("--keep-db", action="store_true", help="keep the temporary databases (path printed)")
+    parser.add_argument("--skip-imports", action="store_true", help="do not time the imports")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    return args
+
+
+async def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soul-latency-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "targets": TARGETS,
+        "sizes": [],
+    }
+    try:
+        if not args.skip_imports:
+            print("timing imports ...", file=sys.stderr)
+            report["imports"] = await asyncio.to_thread(measure_imports, 5)
+        for size in args.sizes:
+            report["sizes"].append(await measure_size(size, args, workdir))
+    finally:
+        if args.workdir is None and not args.keep_db:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"databases kept in {workdir}", file=sys.stderr)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nJSON written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
