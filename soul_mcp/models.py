@@ -6,11 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-DocumentName = Literal["soul", "intent", "north_star"]
-DOCUMENTS: tuple[str, ...] = ("soul", "intent", "north_star")
-
-MemoryKind = Literal["fact", "event", "preference", "lesson", "reflection", "person", "other"]
-MEMORY_KINDS: tuple[str, ...] = ("fact", "event", "preference", "lesson", "reflection", "person", "other")
+# identity (name, creature, vibe) and user (facts about the human) sit beside the soul, as in an
+# OpenClaw workspace's IDENTITY.md and USER.md; all five share the same versioning.
+from soul_mcp.names import DOCUMENTS, MEMORY_KINDS, DocumentName, MemoryKind  # noqa: F401 (re-exported)
 
 MemoryStatus = Literal["active", "forgotten", "superseded"]
 
@@ -159,6 +157,14 @@ class WakeUp(BaseModel):
     """Everything a new session needs, assembled within a character budget: read `text`."""
 
     soul: DocumentInfo
+    identity: DocumentInfo = Field(
+        default_factory=lambda: DocumentInfo(version=None, adopted=False),
+        description="included in text only when written",
+    )
+    user: DocumentInfo = Field(
+        default_factory=lambda: DocumentInfo(version=None, adopted=False),
+        description="included in text only when written",
+    )
     intent: DocumentInfo
     intent_age: str | None = Field(default=None, description="how long ago the intent was written")
     north_star: DocumentInfo
@@ -178,3 +184,85 @@ class Stats(BaseModel):
     memories_superseded: int
     document_versions: dict[str, int]
     sessions: int
+
+
+class MemoryPage(BaseModel):
+    """One page of memories listed by status and filters (not searched), newest first."""
+
+    status: Literal["active", "forgotten", "superseded", "all"]
+    memories: list[Memory]
+    total: int = Field(description="how many memories match the status and filters, on all pages")
+    offset: int = Field(description="how many matching memories come before this page")
+    next_cursor: str | None = Field(default=None, description="pass as cursor for the next page")
+    next_offset: int | None = Field(default=None, description="the offset of the next page; None at the end")
+
+
+class ClientActivity(BaseModel):
+    """What one client (an MCP client's name, or cli:<user>) has done, and when it last did it."""
+
+    client: str
+    sessions: int = 0
+    memories: int = Field(default=0, description="memories it stored, whatever their status now")
+    versions: int = Field(default=0, description="document versions it wrote")
+    last_session_at: str | None = None
+    last_memory_at: str | None = None
+    last_version_at: str | None = None
+    last_active_at: str | None = Field(default=None, description="the latest of the three")
+
+
+class StoreDiagnosis(BaseModel):
+    """What a store found when it checked itself (doctor turns this into pass / fail lines)."""
+
+    integrity: list[str] = Field(description="the database's own check: ['ok'] when healthy")
+    schema_version: int
+    expected_schema_version: int
+    migrated_from: int | None = Field(
+        default=None, description="the schema version the file had before this process opened it"
+    )
+    index_check: str = Field(description="the full-text index's own check: 'ok' or the error")
+    active_memories: int
+    indexed_memories: int
+    missing_from_index: int = Field(description="active memories the full-text index lacks")
+    stale_in_index: int = Field(description="index entries with no active memory behind them")
+    journal_mode: str
+    synchronous: str
+
+
+class Backup(BaseModel):
+    """A consistent copy of the whole database, checked after it was written."""
+
+    path: str
+    bytes: int = Field(description="the size of the copy")
+    integrity: str = Field(description="the copy's own PRAGMA integrity_check: 'ok' when sound")
+    stats: Stats = Field(description="what the copy holds")
+
+
+Scope = Literal["read", "write", "identity"]
+SCOPES: tuple[str, ...] = ("read", "write", "identity")
+
+
+class TokenInfo(BaseModel):
+    """A bearer token for the HTTP server, as stored: never the token itself, nor its hash."""
+
+    name: str = Field(description="also the author name on everything written with the token")
+    scopes: list[Scope]
+    created_at: str
+    last_used_at: str | None = Field(default=None, description="to the minute; None until first used")
+    revoked_at: str | None = None
+
+
+class NewToken(BaseModel):
+    """A token just created: the only time the token itself is seen."""
+
+    info: TokenInfo
+    token: str
+
+
+class Reindexed(BaseModel):
+    """What `soul-mcp reindex` rebuilt."""
+
+    text_indexed: int = Field(description="memories in the rebuilt full-text index (the active ones)")
+    embedding_model: str | None = Field(default=None, description="None when semantic search is off")
+    embedded: int = Field(default=0, description="embeddings computed (missing or made from an older text)")
+    with_embeddings: int = Field(default=0, description="active memories that now have an embedding")
+    active: int = Field(default=0, description="active memories")

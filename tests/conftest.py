@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -52,6 +54,8 @@ def server_env(db: Path) -> dict[str, str]:
     """Stdio clients pass a cut-down environment; give the server what it needs explicitly."""
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR"}}
     env["SOUL_MCP_DB"] = str(db)
+    # The warm-start cache goes beside the test's database, not into the user's cache folder.
+    env["SOUL_MCP_CACHE_DIR"] = str(db.parent / "cache")
     return env
 
 
@@ -70,3 +74,12 @@ def node_tools() -> Path:
             timeout=600,
         )
     return NODE_TOOLS
+
+
+def load_bench(name: str) -> ModuleType:
+    """A script from bench/ as a module, so that a test runs the benchmark's own load code."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

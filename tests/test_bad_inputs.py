@@ -33,7 +33,7 @@ ERA = "legacy"
 ALLOWED_DATES = "give an ISO 8601 date or date-time"
 ID_FORM = "ids look like 'm_1a2b3c4d5e6f'"
 REASON = "reason is required and must not be empty"
-DOCUMENTS = "Input should be 'soul', 'intent' or 'north_star'"
+DOCUMENTS = "Input should be 'soul', 'identity', 'user', 'intent' or 'north_star'"
 MISSING = "Field required"
 
 # Placeholders replaced by the seeded ids (ACTIVE ...) and a live cursor for recall(query="garden", limit=1).

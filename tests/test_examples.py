@@ -87,7 +87,7 @@ def stored(db: Path, query: str) -> Stored:
 def test_client_example_wakes_remembers_recalls_and_leaves_an_intent(db_path: Path) -> None:
     out = run_example("client.py", "--db", str(db_path))
 
-    assert "The server offers 14 tools" in out
+    assert "The server offers 16 tools" in out
     sections = re.findall(r"^=== (\w+) ===$", out, flags=re.MULTILINE)
     assert sections == ["wake_up", "remember", "recall", "write_intent"]
     assert "(error)" not in out
@@ -209,7 +209,7 @@ async def test_readme_documents_every_tool_resource_and_prompt(server: Any) -> N
         uris = [str(r.uri) for r in (await client.list_resources()).resources]
         templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
         prompts = [prompt.name for prompt in (await client.list_prompts()).prompts]
-    assert len(tools) == 14
+    assert len(tools) == 16
     assert [name for name in tools if f"- `{name}(" not in readme] == []
     assert [uri for uri in uris + templates if f"`{uri}`" not in readme] == []
     assert [name for name in prompts if f"`{name}`" not in readme] == []

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 TOOLS = {
     "wake_up", "remember", "recall", "forget", "revise_memory", "read_soul", "write_soul", "read_intent",
-    "write_intent", "read_north_star", "write_north_star", "history", "restore", "diff",
+    "write_intent", "read_north_star", "write_north_star", "read_document", "write_document", "history",
+    "restore", "diff",
 }  # fmt: skip
 
 

@@ -186,7 +186,7 @@ async def test_stdout_carries_only_json_rpc_and_logs_go_to_stderr(db_path: Path,
         )
         await raw.send({"jsonrpc": "2.0", "id": 5, "method": "no/such/method"})
         answers = await raw.answers({1, 2, 3, 4, 5})
-        assert len(answers[1]["result"]["tools"]) == 14
+        assert len(answers[1]["result"]["tools"]) == 16
         assert answers[2]["result"]["isError"] is False
         assert answers[3]["result"]["isError"] is True
         assert "no memory has the id" in answers[3]["result"]["content"][0]["text"]

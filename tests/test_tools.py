@@ -33,6 +33,8 @@ TOOL_NAMES = {
     "write_intent",
     "read_north_star",
     "write_north_star",
+    "read_document",
+    "write_document",
     "history",
     "restore",
     "diff",
@@ -527,7 +529,13 @@ async def test_resources_and_templates_are_listed_and_readable(server: Any, mode
             await c.read_resource("self://memories/m_000000000000")
         with pytest.raises(MCPError, match="not a memory id"):
             await c.read_resource("self://memories/nonsense")
-    assert resources == {"self://soul", "self://intent", "self://north-star"}
+    assert resources == {
+        "self://soul",
+        "self://identity",
+        "self://user",
+        "self://intent",
+        "self://north-star",
+    }
     assert templates == {"self://soul/versions/{version}", "self://memories/{memory_id}"}
     assert soul == "soul two" and v1 == "soul one"
     assert (

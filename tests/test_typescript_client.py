@@ -55,7 +55,7 @@ def test_typescript_sdk_client_remembers_recalls_and_reads_over_stdio(
     assert out["sdkVersion"] == SDK_VERSION
     assert out["serverVersion"]["name"] == "soul-mcp"
     assert {"tools", "resources", "prompts"} <= out["capabilities"].keys()
-    assert len(out["tools"]) == 14
+    assert len(out["tools"]) == 16
     assert {"wake_up", "remember", "recall", "write_intent"} <= set(out["tools"])
     assert {"wake_up", "reflect"} <= set(out["prompts"])
 

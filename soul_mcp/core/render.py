@@ -14,7 +14,13 @@ from soul_mcp.models import (
     RememberResult,
 )
 
-TITLES = {"soul": "Soul", "intent": "Intent", "north_star": "North star"}
+TITLES = {
+    "soul": "Soul",
+    "identity": "Identity",
+    "user": "User",
+    "intent": "Intent",
+    "north_star": "North star",
+}
 
 
 def hit_line(hit: RecallHit | Memory, max_chars: int | None = None) -> str:

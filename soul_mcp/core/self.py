@@ -7,38 +7,66 @@ an `Actor` (who is changing it), so that every memory and version records its au
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
 
 from soul_mcp.config import Limits, Settings
 from soul_mcp.core import cursor as cursors
-from soul_mcp.core import render, validate
+from soul_mcp.core import render, tokens, validate
 from soul_mcp.core.dates import now_stored, parse_moment
-from soul_mcp.core.starter import INTENT_HINT, NORTH_STAR_HINT, SOUL_HINT, STARTER_SOUL
+from soul_mcp.core.starter import (
+    IDENTITY_HINT,
+    INTENT_HINT,
+    NORTH_STAR_HINT,
+    SOUL_HINT,
+    STARTER_SOUL,
+    USER_HINT,
+)
 from soul_mcp.core.text import content_key, query_terms
 from soul_mcp.core.wakeup import assemble_wake_up
 from soul_mcp.errors import InvalidInput, NotFound
 from soul_mcp.models import (
     Actor,
+    Backup,
+    ClientActivity,
     Diff,
     Document,
     DocumentVersion,
     DocumentWrite,
     History,
     Memory,
+    MemoryPage,
     NewMemory,
+    NewToken,
     RecallHit,
     RecallResult,
+    Reindexed,
     RememberResult,
     Stats,
+    StoreDiagnosis,
+    TokenInfo,
     VersionSummary,
     WakeUp,
 )
-from soul_mcp.storage.base import RANKED_MAX, SearchQuery, Store
+from soul_mcp.storage.base import RANKED_MAX, EmbeddingStore, QueryVector, SearchQuery, Store
+
+if TYPE_CHECKING:
+    from soul_mcp.semantic.search import SemanticSearch
 
 # Documents whose every write must say why (the intent is a running note and needs no reason).
-REASON_REQUIRED = {"soul", "north_star"}
+# The user document holds facts about a person: a change to it deserves a reason as much as the soul.
+REASON_REQUIRED = {"soul", "identity", "user", "north_star"}
+# Listing memories (for people, not models): a page may be larger than a recall page.
+MEMORY_LIST_STATUSES = ("active", "forgotten", "superseded", "all")
+MEMORY_LIST_MAX = 200
 EMPTY_DOCUMENTS = {
     "soul": (STARTER_SOUL, SOUL_HINT),
+    "identity": ("", IDENTITY_HINT),
+    "user": ("", USER_HINT),
     "intent": ("", INTENT_HINT),
     "north_star": ("", NORTH_STAR_HINT),
 }
@@ -59,9 +87,13 @@ def _hit(memory: Memory, score: float = 0.0, context_of: str | None = None) -> R
 
 
 class AgentSelf:
-    def __init__(self, store: Store, limits: Limits | None = None) -> None:
+    def __init__(
+        self, store: Store, limits: Limits | None = None, semantic: SemanticSearch | None = None
+    ) -> None:
         self.store = store
         self.limits = limits or Limits()
+        # Hybrid recall (the `semantic` extra or an embeddings endpoint); None: BM25 alone.
+        self.semantic = semantic if isinstance(store, EmbeddingStore) else None
 
     @classmethod
     async def open(cls, settings: Settings) -> AgentSelf:
@@ -69,10 +101,26 @@ class AgentSelf:
         from soul_mcp.storage.sqlite import SQLiteStore
 
         store = await SQLiteStore.open(Path(settings.db_path), settings.synchronous)
-        return cls(store, settings.limits)
+        semantic = None
+        if settings.semantic.mode != "off":
+            from soul_mcp.semantic.search import SemanticSearch
+
+            async def open_store() -> SQLiteStore:  # the background indexer's own connections
+                return await SQLiteStore.open(Path(settings.db_path), settings.synchronous)
+
+            semantic = SemanticSearch.from_settings(settings.semantic, open_store)
+        return cls(store, settings.limits, semantic)
 
     async def close(self) -> None:
+        if self.semantic is not None:
+            await self.semantic.close()
         await self.store.close()
+
+    def _changed(self, status: bool = False) -> None:
+        """Memories were stored (or changed `status`, which drops their neighbours' embeddings):
+        the background indexer (when on) embeds what is now missing."""
+        if self.semantic is not None:
+            self.semantic.kick(everything=status)
 
     # Documents ---------------------------------------------------------------------------------
 
@@ -214,6 +262,7 @@ class AgentSelf:
     ) -> RememberResult:
         new = self._new_memory(content, actor, kind, tags, importance, occurred_at)
         memory, is_new = await self.store.add_memory(new, now_stored())
+        self._changed()
         return RememberResult(memory=memory, is_new=is_new)
 
     async def get_memory(self, memory_id: str) -> Memory:
@@ -226,18 +275,23 @@ class AgentSelf:
     async def forget(self, memory_id: str, reason: str) -> Memory:
         """Take a memory out of recall. It stays stored and can be restored until purged."""
         reason = validate.reason(reason, self.limits)
-        return await self.store.set_memory_status(
+        forgotten = await self.store.set_memory_status(
             validate.memory_id(memory_id), "forgotten", reason, now_stored(), expect=("active",)
         )
+        self._changed(status=True)  # its neighbours are embedded again without its words
+        return forgotten
 
     async def restore_memory(self, memory_id: str) -> Memory:
-        return await self.store.set_memory_status(
+        restored = await self.store.set_memory_status(
             validate.memory_id(memory_id), "active", None, now_stored(), expect=("forgotten",)
         )
+        self._changed(status=True)
+        return restored
 
     async def purge(self, memory_id: str) -> None:
         """Delete a forgotten memory for good. The only way anything is ever lost."""
         await self.store.purge_memory(validate.memory_id(memory_id))
+        self._changed(status=True)  # its position may be reused by the next memory stored
 
     async def revise(self, memory_id: str, content: str, reason: str, actor: Actor) -> tuple[Memory, Memory]:
         """Store corrected content as a new memory that supersedes the old one (which stays readable)."""
@@ -245,7 +299,9 @@ class AgentSelf:
         reason = validate.reason(reason, self.limits)
         old = await self.get_memory(memory_id)
         new = self._new_memory(content, actor, old.kind, old.tags, old.importance, old.occurred_at)
-        return await self.store.revise_memory(memory_id, new, reason, now_stored())
+        revised = await self.store.revise_memory(memory_id, new, reason, now_stored())
+        self._changed(status=True)
+        return revised
 
     async def recall(
         self,
@@ -275,18 +331,33 @@ class AgentSelf:
             )
         fingerprint = cursors.fingerprint(terms, tag_list, kind_, since_, until_)
         offset = cursors.decode(cursor, fingerprint) if cursor else 0
-        found = await self.store.search(
-            SearchQuery(
-                terms=tuple(terms),
-                tags=tuple(tag_list),
-                kind=kind_,
-                since=since_,
-                until=until_,
-                order="relevance" if terms else "recent",
-                offset=offset,
-                limit=limit + 1,
-            )
+        search = SearchQuery(
+            terms=tuple(terms),
+            tags=tuple(tag_list),
+            kind=kind_,
+            since=since_,
+            until=until_,
+            order="relevance" if terms else "recent",
+            offset=offset,
+            limit=limit + 1,
         )
+        if self.semantic is not None and terms:
+            self.semantic.start()  # the first recall starts the backfill of older memories
+            # The query is embedded while the store runs the full-text part of the search.
+            vector = QueryVector(self.semantic.model)
+            search = replace(search, vector=vector)
+            failure: Exception | None = None
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self.semantic.embed_query, query, vector)
+                try:
+                    found = await self.store.search(search)
+                except Exception as exc:  # raised as itself, not inside an ExceptionGroup
+                    failure = exc
+                    tasks.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
+        else:
+            found = await self.store.search(search)
         hits: list[RecallHit] = []
         size = 0
         for found_hit in found[:limit]:
@@ -326,6 +397,8 @@ class AgentSelf:
         soul = await self.read("soul")
         intent = await self.read("intent")
         north_star = await self.read("north_star")
+        identity = await self.read("identity")
+        user = await self.read("user")
 
         relevant: list[RecallHit] = []
         if focus:
@@ -344,7 +417,137 @@ class AgentSelf:
 
         if actor.session_id:
             await self.store.record_session(actor.session_id, actor.name, now_stored())
-        return assemble_wake_up(soul, intent, north_star, focus, relevant, important, recent, budget)
+        return assemble_wake_up(
+            soul, intent, north_star, focus, relevant, important, recent, budget, identity=identity, user=user
+        )
 
     async def stats(self) -> Stats:
         return await self.store.stats()
+
+    # Indexes -----------------------------------------------------------------------------------
+
+    async def index_embeddings(
+        self, progress: Callable[[int, int], None] | None = None, check_text: bool = False
+    ) -> int:
+        """Embed now, in this task, the active memories that lack an embedding (with `check_text`,
+        also those embedded from a text that has changed); 0 when semantic search is off."""
+        if self.semantic is None:
+            return 0
+        return await self.semantic.index(self.store, progress, check_text)  # type: ignore[arg-type]
+
+    async def reindex(self, progress: Callable[[int, int], None] | None = None) -> Reindexed:
+        """Rebuild the full-text index, then compute every missing or stale embedding."""
+        if not isinstance(self.store, EmbeddingStore):
+            raise InvalidInput("this store cannot rebuild its indexes")
+        indexed = await self.store.rebuild_text_index()
+        if self.semantic is None:
+            return Reindexed(text_indexed=indexed)
+        embedded = await self.index_embeddings(progress, check_text=True)
+        with_vectors, active = await self.store.embedding_counts(self.semantic.model)
+        return Reindexed(
+            text_indexed=indexed,
+            embedding_model=self.semantic.model,
+            embedded=embedded,
+            with_embeddings=with_vectors,
+            active=active,
+        )
+
+    async def active_memories(self) -> list[Memory]:
+        """Every active memory, oldest first (by occurred_at, then in the order stored): what an
+        export writes, in one read so that it is a consistent snapshot."""
+        found = await self.store.search(SearchQuery(order="recent", limit=2**62))
+        return [hit.memory for hit in reversed(found)]
+
+    async def backup(self, path: str | Path, overwrite: bool = False) -> Backup:
+        """A consistent copy of the whole self in a new file, safe while servers are writing."""
+        target = Path(path).expanduser().absolute()
+        if target.is_dir():
+            raise InvalidInput(f"{target} is a folder; name a file in it, e.g. {target / 'soul-backup.db'}")
+        if not target.parent.is_dir():
+            raise InvalidInput(f"the folder {target.parent} does not exist; create it or choose another path")
+        if target.exists() and not overwrite:
+            raise InvalidInput(
+                f"{target} already exists; choose a new file name, or allow overwriting it "
+                "(soul-mcp backup --force)"
+            )
+        return await self.store.backup(target)
+
+    # For the people who run the self (the CLI) -------------------------------------------------
+
+    async def client_activity(self) -> list[ClientActivity]:
+        """Each client that left a trace, most recently active first."""
+        return await self.store.client_activity()
+
+    async def list_memories(
+        self,
+        status: str = "active",
+        kind: str | None = None,
+        tags: list[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        offset: int | None = None,
+    ) -> MemoryPage:
+        """List memories by status (not ranked, newest first), with filters and paging."""
+        if status not in MEMORY_LIST_STATUSES:
+            raise InvalidInput(f"unknown status {status!r}; use one of: {', '.join(MEMORY_LIST_STATUSES)}")
+        limit = validate.limit(limit, 20, MEMORY_LIST_MAX)
+        tag_list = validate.tags(tags, self.limits)
+        kind_ = validate.kind(kind) if kind is not None else None
+        since_ = parse_moment(since, "since") if since is not None else None
+        until_ = parse_moment(until, "until", end_of_period=True) if until is not None else None
+        if since_ and until_ and since_ >= until_:
+            raise InvalidInput(f"since ({since}) must be before until ({until})")
+        if cursor is not None and offset is not None:
+            raise InvalidInput("give cursor or offset, not both")
+        fingerprint = cursors.fingerprint("list", status, tag_list, kind_, since_, until_)
+        if cursor is not None:
+            offset = cursors.decode(cursor, fingerprint)
+        elif offset is None:
+            offset = 0
+        elif isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidInput(f"offset {offset!r} is not allowed; use a whole number from 0")
+        statuses = ("active", "forgotten", "superseded") if status == "all" else (status,)
+        memories, total = await self.store.list_memories(
+            statuses, kind_, tuple(tag_list), since_, until_, offset, limit
+        )
+        more = offset + len(memories) < total
+        return MemoryPage(
+            status=status,  # type: ignore[arg-type]
+            memories=memories,
+            total=total,
+            offset=offset,
+            next_cursor=cursors.encode(offset + len(memories), fingerprint) if more else None,
+            next_offset=offset + len(memories) if more else None,
+        )
+
+    async def diagnose(self) -> StoreDiagnosis:
+        """The store's check of itself (database integrity, schema, full-text index)."""
+        return await self.store.diagnose()
+
+    # Bearer tokens for the HTTP server ---------------------------------------------------------
+
+    async def create_token(self, name: str, scopes: list[str] | tuple[str, ...] | str) -> NewToken:
+        """A new random token; the store keeps only its hash, so this is the one time it is seen."""
+        name = tokens.name(name)
+        scope_list = tokens.scopes(scopes)
+        token = tokens.new_token()
+        info = await self.store.add_token(name, tokens.token_hash(token), scope_list, now_stored())
+        return NewToken(info=info, token=token)
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        return await self.store.list_tokens()
+
+    async def revoke_token(self, name: str) -> TokenInfo:
+        return await self.store.revoke_token(tokens.name(name), now_stored())
+
+    async def check_token(self, token: str) -> TokenInfo | None:
+        """The live token this bearer string is, or None (unknown or revoked). Does not record use."""
+        if not isinstance(token, str) or not token.startswith(tokens.PREFIX) or len(token) > 200:
+            return None
+        found = await self.store.find_token(tokens.token_hash(token))
+        return found if found is not None and found.revoked_at is None else None
+
+    async def token_used(self, name: str) -> None:
+        await self.store.touch_token(name, now_stored())

@@ -27,3 +27,11 @@ INTENT_HINT = (
     "No intent yet. Before a session ends, call write_intent with what you were doing and what comes next."
 )
 NORTH_STAR_HINT = "No north star yet. When you know what matters across weeks, save it with write_north_star(content, reason)."
+IDENTITY_HINT = (
+    "No identity yet. When you know your name, what you are, your vibe and your emoji, save them with "
+    "write_document(document='identity', content, reason)."
+)
+USER_HINT = (
+    "Nothing is written about your user yet. Keep facts about your human (name, how to address them, "
+    "timezone, what they care about) with write_document(document='user', content, reason)."
+)

@@ -2,13 +2,20 @@
 
 Priority, highest first; each part takes what it needs while the budget lasts:
 1. the soul, cut to at most half the budget if it is longer;
-2. the intent, with its author and age, cut to at most a fifth of the budget;
-3. the north star, cut to at most a fifth of the budget;
-4. memories relevant to the focus (when a focus is given);
-5. important memories (importance 4 or 5);
-6. the most recent memories.
+2. the identity (name, creature, vibe), only when written, cut to at most a tenth of the budget;
+3. the user (facts about the human), only when written, cut to at most a tenth of the budget;
+4. the intent, with its author and age, cut to at most a fifth of the budget;
+5. the north star, cut to at most a fifth of the budget;
+6. memories relevant to the focus (when a focus is given);
+7. important memories (importance 4 or 5);
+8. the most recent memories.
+The shares add up to more than the whole (1/2 + 1/10 + 1/10 + 1/5 + 1/5), so each document is
+also held to what the parts above it left (keeping room for the closing line): when every document
+is long, the lowest ones shrink first, and one with less than MIN_SECTION characters left is left
+out. The identity and user documents are short by nature (a name, a timezone), hence a tenth each;
+they come before the intent because they say who is speaking to whom, which every session needs.
 Memories are added one at a time, each cut to 400 characters, until the next one would not fit.
-Whatever was cut or left out is listed in `trimmed`, so the caller knows to recall it.
+Whatever was cut or left out is listed in `trimmed`, so the caller knows to read or recall it.
 """
 
 from __future__ import annotations
@@ -19,13 +26,23 @@ from soul_mcp.core.text import clip
 from soul_mcp.models import Document, DocumentInfo, RecallHit, WakeUp
 
 MEMORY_CHARS = 400
+# Below this, a document section would be little more than its heading: leave it out instead.
+MIN_SECTION = 80
+# The tools that read each document whole, for the `trimmed` notes.
+READ_TOOL = {
+    "soul": "read_soul",
+    "intent": "read_intent",
+    "north_star": "read_north_star",
+    "identity": "read_document(document='identity')",
+    "user": "read_document(document='user')",
+}
 TAIL = (
     "\n\n---\nUse recall(query) to search memories, remember(content) to keep something, and "
     "write_intent(content) before the session ends."
 )
 
 
-def _section(doc: Document, title: str, share: int, trimmed: list[str], extra: str = "") -> str:
+def _section(doc: Document, title: str, share: int, trimmed: list[str], extra: str = "") -> str | None:
     if doc.version is None:
         # Nothing stored: the soul shows its starter text, the others only what to do.
         body = f"(starter, not yet adopted)\n{doc.content}\n{doc.hint}" if doc.content else str(doc.hint)
@@ -33,8 +50,11 @@ def _section(doc: Document, title: str, share: int, trimmed: list[str], extra: s
         body = doc.content
         extra = f" (version {doc.version}, by {doc.author}{extra})"
     text = f"## {title}{extra}\n{body.strip()}"
+    if len(text) > share and share < MIN_SECTION:
+        trimmed.append(f"{doc.document} (no room; read it with {READ_TOOL[doc.document]})")
+        return None
     if len(text) > share:
-        trimmed.append(f"{doc.document} (cut to {share} chars; read it whole with read_{doc.document})")
+        trimmed.append(f"{doc.document} (cut to {share} chars; read it whole with {READ_TOOL[doc.document]})")
         text = clip(text, share)
     return text
 
@@ -54,15 +74,29 @@ def assemble_wake_up(
     important: list[RecallHit],
     recent: list[RecallHit],
     budget: int,
+    *,
+    identity: Document | None = None,
+    user: Document | None = None,
 ) -> WakeUp:
     trimmed: list[str] = []
     age = describe_age(intent.created_at) if intent.created_at else None
-    parts = [
-        _section(soul, "Soul", budget // 2, trimmed),
-        _section(intent, "Intent", budget // 5, trimmed, f", {age}" if age else ""),
-        _section(north_star, "North star", budget // 5, trimmed),
+    documents: list[tuple[Document, str, int, str]] = [(soul, "Soul", budget // 2, "")]
+    # Identity and user appear only once written: their hints would be noise in every session.
+    if identity is not None and identity.version is not None:
+        documents.append((identity, "Identity", budget // 10, ""))
+    if user is not None and user.version is not None:
+        documents.append((user, "User", budget // 10, ""))
+    documents += [
+        (intent, "Intent", budget // 5, f", {age}" if age else ""),
+        (north_star, "North star", budget // 5, ""),
     ]
-    used = sum(len(p) + 2 for p in parts) + len(TAIL)
+    parts: list[str] = []
+    used = len(TAIL)
+    for doc, title, share, extra in documents:
+        part = _section(doc, title, min(share, budget - used - 2), trimmed, extra)
+        if part is not None:
+            parts.append(part)
+            used += len(part) + 2
 
     kept: dict[str, list[RecallHit]] = {"relevant": [], "important": [], "recent": []}
     sections = [
@@ -92,6 +126,8 @@ def assemble_wake_up(
         text = clip(text, budget)
     return WakeUp(
         soul=_info(soul),
+        identity=_info(identity) if identity is not None else DocumentInfo(version=None, adopted=False),
+        user=_info(user) if user is not None else DocumentInfo(version=None, adopted=False),
         intent=_info(intent),
         intent_age=age,
         north_star=_info(north_star),

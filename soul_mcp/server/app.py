@@ -14,8 +14,10 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.resolve import ElicitationResult, Resolve
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
@@ -34,6 +36,8 @@ from soul_mcp.models import (
     RememberResult,
     WakeUp,
 )
+from soul_mcp.server import access
+from soul_mcp.server.live import LiveUpdates
 from soul_mcp.server.state import SelfHolder, Session
 
 P = ParamSpec("P")
@@ -41,7 +45,8 @@ R = TypeVar("R")
 
 INSTRUCTIONS = """\
 soul-mcp keeps your persistent self: a soul (who you are, values, boundaries, voice), memories,
-an intent (the note one session leaves for the next) and a north star (what matters across weeks).
+an intent (the note one session leaves for the next) and a north star (what matters across weeks),
+plus an identity (your name, what you are, your vibe) and what you know about your user.
 Every client connected to the same database shares this self.
 
 Call wake_up first in every session (pass focus= with the task at hand). Use recall before
@@ -51,7 +56,8 @@ and always with a reason; every change is versioned and can be restored.
 """
 
 DocumentArg = Annotated[
-    Literal["soul", "intent", "north_star"], Field(description="which document: soul, intent or north_star")
+    Literal["soul", "identity", "user", "intent", "north_star"],
+    Field(description="which document: soul, identity, user, intent or north_star"),
 ]
 Reason = Annotated[str, Field(description="one sentence on why; required, stored with the change")]
 # Integer arguments are strict: pydantic's lax mode would read true as 1 and "3" as 3.
@@ -79,15 +85,8 @@ def _self(ctx: Context) -> AgentSelf:
 
 
 def _actor(ctx: Context) -> Actor:
-    """The client's name (from its MCP client info) and this connection's session id."""
-    name = None
-    try:
-        params = ctx.session.client_params
-        if params is not None and params.client_info is not None:
-            name = params.client_info.name
-    except (AttributeError, RuntimeError):
-        name = None
-    return Actor(name=(name or "unknown client")[:100], session_id=_session(ctx).session_id)
+    """The token's name over HTTP, else the client's name (MCP client info); and the session id."""
+    return access.caller(ctx.request_context).actor
 
 
 def _result(model: BaseModel, text: str) -> CallToolResult:
@@ -262,10 +261,12 @@ async def write_soul(
         str, Field(description="the whole new soul document (Markdown), up to 20000 characters")
     ],
     reason: Reason,
+    approval: Annotated[ElicitationResult[Any], Resolve(access.confirm_soul)],
 ) -> Annotated[CallToolResult, DocumentWrite]:
     """Replace your soul with a new version. Rare and deliberate: the soul is who you are. Send the
     whole document, not a patch. The old version is kept; history and restore can bring it back.
     """
+    access.require_approval(approval, "soul")
     return await _write(ctx, "soul", content, reason)
 
 
@@ -299,9 +300,49 @@ async def write_north_star(
     ctx: Context,
     content: Annotated[str, Field(description="the whole new north star (Markdown)")],
     reason: Reason,
+    approval: Annotated[ElicitationResult[Any], Resolve(access.confirm_north_star)],
 ) -> Annotated[CallToolResult, DocumentWrite]:
     """Replace your north star with a new version, with a reason. The old version is kept."""
+    access.require_approval(approval, "north_star")
     return await _write(ctx, "north_star", content, reason)
+
+
+@tool_errors
+async def read_document(
+    ctx: Context,
+    document: DocumentArg,
+    version: Annotated[
+        int | None, Field(strict=True, description="an older version number; default the current one")
+    ] = None,
+) -> Annotated[CallToolResult, Document]:
+    """Read any of your documents: soul, identity (your name, what you are, your vibe), user (facts
+    about your human), intent or north_star; the current version or an older one. When nothing is
+    written yet, adopted=false and a hint says what to write.
+    Example: read_document(document="user")
+    """
+    return await _read(ctx, document, version)
+
+
+@tool_errors
+async def write_document(
+    ctx: Context,
+    document: DocumentArg,
+    content: Annotated[str, Field(description="the whole new document (Markdown), up to 20000 characters")],
+    reason: Annotated[
+        str | None,
+        Field(description="one sentence on why; required for every document except the intent"),
+    ] = None,
+    *,
+    approval: Annotated[ElicitationResult[Any], Resolve(access.confirm_document)],
+) -> Annotated[CallToolResult, DocumentWrite]:
+    """Store a new version of a document: soul, identity, user, intent or north_star. Send the whole
+    document, not a patch; the old version is kept and restore can bring it back. Identical content
+    stores nothing (changed=false).
+    Example: write_document(document="user", content="# User\n- Name: Maya\n- Timezone: Europe/Berlin",
+    reason="Maya told me her timezone")
+    """
+    access.require_approval(approval, document)
+    return await _write(ctx, document, content, reason)
 
 
 @tool_errors
@@ -326,10 +367,12 @@ async def restore(
     document: DocumentArg,
     version: Annotated[int, Field(strict=True, description="the version to bring back (see history)")],
     reason: Reason,
+    approval: Annotated[ElicitationResult[Any], Resolve(access.confirm_restore)],
 ) -> Annotated[CallToolResult, DocumentWrite]:
     """Make an old version of a document current again. It is stored as a new version; history is
     never rewritten, so a restore can itself be undone.
     """
+    access.require_approval(approval, document)
     result = await _self(ctx).restore(document, version, reason, _actor(ctx))
     return _result(result, render.write(result))
 
@@ -366,6 +409,8 @@ TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [
     (write_intent, ADDS),
     (read_north_star, READ_ONLY),
     (write_north_star, ADDS),
+    (read_document, READ_ONLY),
+    (write_document, ADDS),
     (history, READ_ONLY),
     (restore, CHANGES),
     (diff, READ_ONLY),
@@ -396,6 +441,16 @@ def _add_resources(server: MCPServer[Session], holder: SelfHolder) -> None:
                      description="The current north star")  # fmt: skip
     async def north_star_resource() -> str:
         return await current("north_star")
+
+    @server.resource("self://identity", name="identity", mime_type="text/markdown",
+                     description="The current identity: name, what the agent is, its vibe (empty until written)")  # fmt: skip
+    async def identity_resource() -> str:
+        return await current("identity")
+
+    @server.resource("self://user", name="user", mime_type="text/markdown",
+                     description="The current user document: facts about the human (empty until written)")  # fmt: skip
+    async def user_resource() -> str:
+        return await current("user")
 
     @server.resource("self://soul/versions/{version}", name="soul-version", mime_type="text/markdown",
                      description="One stored version of the soul")  # fmt: skip
@@ -445,13 +500,25 @@ def _add_prompts(server: MCPServer[Session], holder: SelfHolder) -> None:
         )
 
 
-def build_server(settings: Settings) -> MCPServer[Session]:
-    """A ready MCP server over the database named by `settings`. Opens nothing until it runs."""
+def build_server(settings: Settings, *, bearer_auth: bool = False) -> MCPServer[Session]:
+    """A ready MCP server over the database named by `settings`. Opens nothing until it runs.
+
+    `bearer_auth`: HTTP requests must carry a token from the tokens table (see server/http.py).
+    """
     holder = SelfHolder(settings)
+    auth: dict[str, Any] = {}
+    if bearer_auth:
+        # The SDK wants an issuer URL with its auth settings; it is only published when the server
+        # is also an OAuth authorization or resource server, which this one is not.
+        auth = {
+            "token_verifier": access.StoreTokenVerifier(holder),
+            "auth": AuthSettings(issuer_url="http://localhost", resource_server_url=None),
+        }
+    live = LiveUpdates()  # subscriptions to the documents, in both protocol eras
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Session]) -> AsyncIterator[Session]:
-        async with holder.session() as session:
+        async with holder.session() as session, live.watching(session.agent_self.store):
             yield session
 
     server: MCPServer[Session] = MCPServer(
@@ -460,7 +527,11 @@ def build_server(settings: Settings) -> MCPServer[Session]:
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
+        subscriptions=live.bus,
+        middleware=[access.AccessMiddleware()],
+        **auth,
     )
+    live.install(server)
     for fn, hints in TOOLS:
         server.add_tool(fn, annotations=hints, structured_output=True)
     _add_resources(server, holder)

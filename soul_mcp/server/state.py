@@ -24,7 +24,10 @@ class Session:
     """What a tool knows about the connection it serves."""
 
     agent_self: AgentSelf
+    # Per lifespan: one stdio process or one in-process client, which is one MCP session. An HTTP
+    # server has one lifespan for all its sessions; server/access.py derives theirs per request.
     session_id: str
+    soul_policy: str = "open"
 
 
 class SelfHolder:
@@ -44,9 +47,17 @@ class SelfHolder:
         async with self._lock:
             if self._self is None:
                 self._self = await AgentSelf.open(self.settings)
+                if self._self.semantic is not None:
+                    # A server embeds memories in the background (started by the first remember
+                    # or recall, never at start-up: initialize and tools/list stay fast).
+                    self._self.semantic.start_background()
             self._users += 1
         try:
-            yield Session(agent_self=self._self, session_id=uuid.uuid4().hex[:16])
+            yield Session(
+                agent_self=self._self,
+                session_id=uuid.uuid4().hex[:16],
+                soul_policy=self.settings.soul_policy,
+            )
         finally:
             async with self._lock:
                 self._users -= 1

@@ -8,12 +8,49 @@ store would implement the same methods; the tools and the CLI would not change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from soul_mcp.models import DocumentVersion, Memory, NewMemory, Stats
+import anyio
+
+from soul_mcp.models import (
+    Backup,
+    ClientActivity,
+    DocumentVersion,
+    Memory,
+    NewMemory,
+    Stats,
+    StoreDiagnosis,
+    TokenInfo,
+)
 
 # A text search ranks at most this many matches (plus their context neighbours); pages end there.
 RANKED_MAX = 500
+
+
+class QueryVector:
+    """The query embedded by `model`, possibly still being computed: a store that holds embeddings
+    by that model fuses similarity to it with BM25 (hybrid recall). The store awaits `get()` only
+    once its full-text part is done, so the two run at the same time.
+
+    The vector is a unit-length float32 numpy array (typed loosely: numpy comes with the optional
+    `semantic` extra); None when it could not be computed, and recall uses BM25 alone.
+    """
+
+    def __init__(self, model: str, vector: Any = None) -> None:
+        self.model = model
+        self._vector = vector
+        self._done = anyio.Event()
+        if vector is not None:
+            self._done.set()
+
+    def set(self, vector: Any) -> None:
+        self._vector = vector
+        self._done.set()
+
+    async def get(self) -> Any:
+        await self._done.wait()
+        return self._vector
 
 
 @dataclass(frozen=True)
@@ -29,6 +66,7 @@ class SearchQuery:
     offset: int = 0
     limit: int = 10
     exclude_ids: tuple[str, ...] = field(default=())
+    vector: QueryVector | None = None  # with terms: hybrid recall when the store has such embeddings
 
 
 @dataclass(frozen=True)
@@ -92,3 +130,114 @@ class Store(Protocol):
     async def record_session(self, session_id: str, client: str, started_at: str) -> None: ...
 
     async def stats(self) -> Stats: ...
+
+    # Change detection (live updates) and backup.
+    async def change_marker(self) -> int:
+        """A number that changes whenever anyone commits to the store (this process or another).
+        Cheap: polled about twice a second by every server."""
+        ...
+
+    async def document_heads(self) -> dict[str, int]:
+        """The latest version number of each document that has at least one version."""
+        ...
+
+    async def backup(self, target: Path) -> Backup:
+        """Write a consistent copy of the whole store to `target` while others may be writing,
+        check the copy and describe it. `target` must not be the store itself."""
+        ...
+
+    async def client_activity(self) -> list[ClientActivity]:
+        """Per client (session client name or author): sessions, memories, versions, last times."""
+        ...
+
+    # Listing and checking, for people running the store (the CLI).
+    async def list_memories(
+        self,
+        statuses: tuple[str, ...],
+        kind: str | None,
+        tags: tuple[str, ...],
+        since: str | None,
+        until: str | None,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[Memory], int]:
+        """Memories in any of `statuses` matching the filters, newest first; and how many match."""
+        ...
+
+    async def diagnose(self) -> StoreDiagnosis:
+        """Check the database and its full-text index; read-only, may be slow on big files."""
+        ...
+
+    # Bearer tokens for the HTTP server: only a hash of each token is stored.
+    async def add_token(
+        self, name: str, token_hash: str, scopes: tuple[str, ...], created_at: str
+    ) -> TokenInfo:
+        """Store a new token; raises InvalidInput when the name is taken (revoked names stay taken)."""
+        ...
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        """Every token, revoked ones too, oldest first."""
+        ...
+
+    async def find_token(self, token_hash: str) -> TokenInfo | None:
+        """The token with this hash, revoked or not; None when there is none."""
+        ...
+
+    async def revoke_token(self, name: str, revoked_at: str) -> TokenInfo:
+        """Revoke a token by name (again is a no-op); raises NotFound for an unknown name."""
+        ...
+
+    async def touch_token(self, name: str, used_at: str) -> None:
+        """Record that the token was just used."""
+        ...
+
+
+# Embeddings (hybrid recall) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingJob:
+    """A memory to embed: the text to embed (the memory with its context) and that text's hash."""
+
+    memory_id: str
+    text: str
+    text_hash: str
+    position: int = 0  # where the memory stands in the store's order (for paging through them all)
+
+
+@runtime_checkable
+class EmbeddingStore(Protocol):
+    """What a store offers when it can keep embeddings beside the memories (SQLiteStore does).
+
+    Apart from `Store` so that the core interface stays narrow: a store without it still recalls
+    through BM25 alone. The store decides which text stands for a memory (`EmbeddingJob.text`);
+    the domain embeds it and hands the vectors back.
+    """
+
+    async def pending_embeddings(
+        self, model: str, limit: int, above: int = 0
+    ) -> tuple[list[EmbeddingJob], int]:
+        """Up to `limit` active memories with no embedding by `model` whose position is above
+        `above`, newest first; and the newest position there is, seen at the same moment."""
+        ...
+
+    async def stale_embeddings(
+        self, model: str, after: int, limit: int
+    ) -> tuple[list[EmbeddingJob], int | None]:
+        """Walking all active memories in order from position `after`: those whose embedding is
+        missing or was made from another text. Returns them and the position to continue from
+        (None at the end)."""
+        ...
+
+    async def save_embeddings(self, model: str, jobs: list[EmbeddingJob], vectors: Any) -> int:
+        """Store one vector (row of `vectors`) per job, unless its memory left recall or its text
+        changed meanwhile; returns how many were stored."""
+        ...
+
+    async def embedding_counts(self, model: str) -> tuple[int, int]:
+        """(active memories with an embedding by `model`, active memories)."""
+        ...
+
+    async def rebuild_text_index(self) -> int:
+        """Rebuild the full-text index from the memories; returns how many it holds."""
+        ...

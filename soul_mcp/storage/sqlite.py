@@ -12,8 +12,11 @@ processes share the file):
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
+import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
@@ -25,9 +28,20 @@ import aiosqlite
 import anyio
 
 from soul_mcp.errors import InvalidInput, NotFound, StorageError
-from soul_mcp.models import DocumentVersion, Memory, NewMemory, Stats
+from soul_mcp.models import (
+    DOCUMENTS,
+    Backup,
+    ClientActivity,
+    DocumentVersion,
+    Memory,
+    NewMemory,
+    Stats,
+    StoreDiagnosis,
+    TokenInfo,
+)
 from soul_mcp.storage.base import RANKED_MAX, SearchHit, SearchQuery
 from soul_mcp.storage.schema import MIGRATIONS, SCHEMA_VERSION, split_statements
+from soul_mcp.storage.sqlite_vectors import SQLiteVectors
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,23 @@ CANDIDATES = RANKED_MAX
 NEIGHBOUR_WEIGHT = 0.5
 # Only the best matches can lift a neighbour into a page, so only theirs are looked up.
 LENDERS = 50
+# bm25 costs ~1 µs for every memory a MATCH yields, and a word held by many memories adds little to
+# the ranking (low idf) while making the MATCH yield thousands. So the query's words are taken
+# rarest first until the memories holding them fill the pool, then further while they stay within
+# RARE_ROWS; when words are left over (the common ones), only the memories holding a rare word are
+# scored (exactly: with all the words). A memory holding only common words then never enters the
+# pool, although two common words can outscore one fairly rare word: on the bench's 100k memories
+# the first ten hits stay the same for 99 % of queries, and recall is ~5x faster.
+RARE_MIN = 100
+RARE_ROWS = 4_000
+EXACT_TOP = 50
+# bm25's term-frequency factor tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)) stays below
+# k1 + 1 (FTS5: k1 = 1.2, b = 0.75): a word adds at most this many times its idf to a score.
+BM25_TF_MAX = 2.2
+# Past this many common words, every combination is not listed: their memories are all scored.
+MAX_COMBINED = 6
+DATE_SET_MAX = 5_000
+COUNTS_KEPT = 10_000
 # bm25 column weights: content, tags, about (kind and date words).
 BM25 = "bm25(memories_fts, 1.0, 0.5, 0.5)"
 MONTHS = ("January February March April May June July August September October November December").split()
@@ -101,10 +132,30 @@ def _version(row: tuple[Any, ...]) -> DocumentVersion:
 
 
 VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from"
+TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
 
 
-class SQLiteStore:
+def _token(row: tuple[Any, ...]) -> TokenInfo:
+    name, scopes, created_at, last_used_at, revoked_at = row
+    return TokenInfo(
+        name=name,
+        scopes=[s for s in scopes.split(",") if s],
+        created_at=created_at,
+        last_used_at=last_used_at,
+        revoked_at=revoked_at,
+    )
+
+
+class SQLiteStore(SQLiteVectors):
     """A `Store` over one SQLite file. Open with `await SQLiteStore.open(path)`."""
+
+    # How many matches a text search ranks, and the rare-word budget (see RARE_ROWS); per store, so
+    # that a test can make the rare-word path run on a small database.
+    candidates: int = CANDIDATES
+    rare_min: int = RARE_MIN
+    rare_rows: int = RARE_ROWS
+    exact_top: int = EXACT_TOP
+    tf_max: float = BM25_TF_MAX
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self.path = path
@@ -112,6 +163,11 @@ class SQLiteStore:
         self._reader = reader
         self._write_lock = anyio.Lock()
         self._read_lock = anyio.Lock()
+        # The schema version the file had when this process migrated it (None: already current).
+        self.migrated_from: int | None = None
+        # Recall's word counts, kept while the database is unchanged (see _counts).
+        self._word_counts: dict[str, int] = {}
+        self._counted_at: int | None = None
 
     @classmethod
     async def open(cls, path: str | Path, synchronous: str = "FULL") -> SQLiteStore:
@@ -121,7 +177,7 @@ class SQLiteStore:
         opened: list[aiosqlite.Connection] = []
         try:
             opened.append(writer := await _connect(path, synchronous))
-            await _migrate(writer)
+            schema_before = await _migrate(writer)
             opened.append(reader := await _connect(path, synchronous))
             await reader.execute("PRAGMA query_only = ON")
         except BaseException as exc:
@@ -131,7 +187,9 @@ class SQLiteStore:
             if isinstance(exc, sqlite3.DatabaseError):
                 raise StorageError(f"cannot open the database at {path}: {exc}") from exc
             raise
-        return cls(path, writer, reader)
+        store = cls(path, writer, reader)
+        store.migrated_from = schema_before if schema_before != SCHEMA_VERSION else None
+        return store
 
     async def close(self) -> None:
         await self._reader.close()
@@ -158,9 +216,8 @@ class SQLiteStore:
 
     async def _fetchall(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         async with self._read_lock:
-            cursor = await self._reader.execute(sql, params)
-            rows = await cursor.fetchall()
-            await cursor.close()
+            # One trip to aiosqlite's thread instead of three (execute, fetch, close): ~60 µs.
+            rows = await self._reader.execute_fetchall(sql, params)
         return [tuple(r) for r in rows]
 
     async def _fetchone(self, sql: str, params: Any = ()) -> tuple[Any, ...] | None:
@@ -344,30 +401,56 @@ class SQLiteStore:
 
     @staticmethod
     def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]:
-        """SQL conditions on `m` (the memories table) for the query's filters."""
-        where = ["m.status = 'active'"]
-        params: list[Any] = []
+        """SQL conditions on `m` (the memories table): active, and the query's filters."""
+        where, params = SQLiteStore._row_filters(query)
+        tags, tag_params = SQLiteStore._tag_filter(query, "m.rowid")
+        return ["m.status = 'active'", *where, *tags], [*params, *tag_params]
+
+    @staticmethod
+    def _row_filters(query: SearchQuery, dates: bool = True) -> tuple[list[str], list[Any]]:
+        """The filters that need the memory's row: kind, dates (unless `dates` is False), excluded ids."""
+        where, params = SQLiteStore._date_filter(query) if dates else ([], [])
         if query.kind:
             where.append("m.kind = ?")
             params.append(query.kind)
+        if query.exclude_ids:
+            where.append(f"m.id NOT IN ({', '.join('?' * len(query.exclude_ids))})")
+            params.extend(query.exclude_ids)
+        return where, params
+
+    @staticmethod
+    def _date_filter(query: SearchQuery) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
         if query.since:
             where.append("m.occurred_at >= ?")
             params.append(query.since)
         if query.until:
             where.append("m.occurred_at < ?")
             params.append(query.until)
-        if query.tags:
-            marks = ", ".join("?" * len(query.tags))
-            where.append(
-                f"m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({marks}) "
+        return where, params
+
+    @staticmethod
+    def _tag_filter(query: SearchQuery, rowid: str, each: bool = False) -> tuple[list[str], list[Any]]:
+        """The tag filter on the memory whose rowid is `rowid`; it reads memory_tags only.
+
+        By default the memories carrying every tag are gathered once and each row is looked up in
+        that set: right when many rows are tested. `each` tests a row at a time through the
+        (tag, memory) key instead: right for a few rows, since a common tag's set costs ~1 ms.
+        """
+        if not query.tags:
+            return [], []
+        marks = ", ".join("?" * len(query.tags))
+        if each:
+            condition = (
+                f"(SELECT count(*) FROM memory_tags WHERE tag IN ({marks}) AND memory_rowid = {rowid}) = ?"
+            )
+        else:
+            condition = (
+                f"{rowid} IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({marks}) "
                 "GROUP BY memory_rowid HAVING count(*) = ?)"
             )
-            params.extend(query.tags)
-            params.append(len(query.tags))
-        if query.exclude_ids:
-            where.append(f"m.id NOT IN ({', '.join('?' * len(query.exclude_ids))})")
-            params.extend(query.exclude_ids)
-        return where, params
+        return [condition], [*query.tags, len(query.tags)]
 
     async def search(self, query: SearchQuery) -> list[SearchHit]:
         if query.terms:
@@ -384,41 +467,35 @@ class SQLiteStore:
         return [SearchHit(_memory(row), 0.0) for row in rows]
 
     async def _search_text(self, query: SearchQuery) -> list[SearchHit]:
-        where, params = self._filters(query)
-        filters = " AND ".join(where)
-        # Each term is quoted, so nothing the caller typed is read as FTS5 syntax.
-        match = " OR ".join('"' + term.replace('"', '""') + '"' for term in query.terms)
-        wanted = CANDIDATES
-        # 1. The best full-text matches. bm25() is negative: lower is better.
-        if len(where) == 1:  # no filters beyond status, and the index holds only active memories
-            matched = await self._fetchall(
-                "SELECT m.rowid, -f.score, m.author, m.session_id, substr(m.occurred_at, 1, 10) FROM "
-                f"(SELECT rowid, {BM25} AS score FROM memories_fts WHERE memories_fts MATCH ? "
-                "ORDER BY score, rowid LIMIT ?) f JOIN memories m ON m.rowid = f.rowid ORDER BY f.score",
-                [match, wanted],
-            )
-        else:
-            matched = await self._fetchall(
-                f"SELECT m.rowid, -{BM25} AS score, m.author, m.session_id, substr(m.occurred_at, 1, 10) "
-                "FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid "
-                f"WHERE memories_fts MATCH ? AND {filters} ORDER BY score DESC, m.rowid LIMIT ?",
-                [match, *params, wanted],
-            )
-        own = {rowid: score for rowid, score, *_ in matched}
-        context = {rowid: (author, session, day) for rowid, _, author, session, day in matched}
-        # 2. Their neighbours in storage order, when stored in the same context.
-        lenders = [rowid for rowid, *_ in matched[:LENDERS]]
+        # 1. The best full-text matches (bm25 is negative: lower is better), the same pool of
+        # `candidates` whatever page is asked for.
+        pool = await self._ranked(query)
+        if query.vector is not None:  # hybrid recall (sqlite_vectors.py), when there are embeddings
+            hybrid = await self._search_hybrid(query, pool)
+            if hybrid is not None:
+                return hybrid
+        own = {rowid: -score for rowid, score in pool}
+        # 2. Their neighbours in storage order, when stored in the same context. Only the best
+        # matches lend to a neighbour outside the pool, but any two matches side by side lend to
+        # each other; a context is read only where one of these can happen.
+        lenders = [rowid for rowid, _ in pool[:LENDERS]]
         near = {r + step for r in lenders for step in (-1, 1)} - own.keys()
-        for chunk in _chunks(sorted(near), 500):
+        receivers = own.keys() | near
+        needed = near | {r for r in own if r - 1 in receivers or r + 1 in receivers}
+        where, params = self._row_filters(query)
+        tags, tag_params = self._tag_filter(query, "m.rowid", each=True)
+        filters = " AND ".join(["m.status = 'active'", *where, *tags])
+        context: dict[int, tuple[str, str | None, str]] = {}
+        for chunk in _chunks(sorted(needed), 500):
             rows = await self._fetchall(
                 # NOT INDEXED: without ANALYZE statistics the planner takes "status = 'active'" for
                 # selective and walks an index over every active memory instead of these few rowids.
                 "SELECT m.rowid, m.author, m.session_id, substr(m.occurred_at, 1, 10) "
                 f"FROM memories m NOT INDEXED WHERE m.rowid IN ({', '.join('?' * len(chunk))}) AND {filters}",
-                [*chunk, *params],
+                [*chunk, *params, *tag_params],
             )
             context.update({rowid: (author, session, day) for rowid, author, session, day in rows})
-        scores: dict[int, float] = {}
+        scores = dict(own)  # a match with no match or lender beside it keeps its own score
         lent_by: dict[int, int] = {}
         for rowid in context:
             total = own.get(rowid, 0.0)
@@ -436,16 +513,135 @@ class SQLiteStore:
         ranked = sorted(scores, key=lambda r: (-scores[r], -r))[query.offset : query.offset + query.limit]
         if not ranked:
             return []
-        needed = ranked + [lent_by[r] for r in ranked if r in lent_by]
+        needed_rows = ranked + [lent_by[r] for r in ranked if r in lent_by]
         rows = await self._fetchall(
-            f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m WHERE m.rowid IN ({', '.join('?' * len(needed))})",
-            needed,
+            f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m "
+            f"WHERE m.rowid IN ({', '.join('?' * len(needed_rows))})",
+            needed_rows,
         )
         memories = {row[0]: _memory(row[1:]) for row in rows}
         return [
             SearchHit(memories[r], scores[r], memories[lent_by[r]].id if r in lent_by else None)
             for r in ranked
         ]
+
+    async def _counts(self, quoted: list[str], in_range: str, params: list[Any]) -> tuple[int, int, dict[str, int]]:
+        """max(rowid), the `in_range` count, and how many memories hold each of the `quoted` words.
+
+        Counting a word's memories costs ~1/30 of scoring them, but for a common word that is still
+        ~0.3 ms, so counts are kept while nothing is written (PRAGMA data_version moves with every
+        commit, from this process or another). max(rowid) stands for the number of memories: never
+        fewer, which keeps the bounds in `_ranked` on the safe side.
+        """
+        count = "(SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?)"
+        kept = self._word_counts
+        todo = [term for term in quoted if term not in kept]
+        version, size, dated, *fresh = await self._fetchone(
+            "SELECT (SELECT data_version FROM pragma_data_version()), (SELECT max(rowid) FROM memories), "
+            + ", ".join([in_range, *[count] * len(todo)]),
+            [*params, *todo],
+        ) or (None, 0, 0)
+        counts = dict(zip(todo, fresh, strict=True))
+        stale = [term for term in quoted if term not in counts]
+        if version != self._counted_at:  # something was written: what was kept may be off
+            kept.clear()
+            self._counted_at = version
+            if stale:
+                recounted = await self._fetchone("SELECT " + ", ".join([count] * len(stale)), stale) or ()
+                counts.update(zip(stale, recounted, strict=True))
+        else:
+            counts.update((term, kept[term]) for term in stale)
+        if len(kept) > COUNTS_KEPT:
+            kept.clear()
+        kept.update(counts)
+        return size or 0, dated, {term: counts[term] for term in quoted}
+
+    async def _ranked(self, query: SearchQuery) -> list[tuple[int, float]]:
+        """The best `candidates` full-text matches that pass the filters: (rowid, bm25), best first.
+
+        The first `exact_top` are exactly those of one plain MATCH of all the words; past them, a
+        query mixing rare and common words may leave out a few memories holding only common words
+        (see RARE_ROWS).
+        """
+        # Each term is quoted, so nothing the caller typed is read as FTS5 syntax.
+        quoted = ['"' + term.replace('"', '""') + '"' for term in query.terms]
+        dates, date_params = self._date_filter(query)
+        date_range = " AND ".join(["m.status = 'active'", *dates])
+        in_range = f"(SELECT count(*) FROM (SELECT 1 FROM memories m WHERE {date_range} LIMIT {DATE_SET_MAX}))"
+        size, dated, counts = await self._counts(quoted, in_range if dates else "0", date_params)
+        # A word no memory holds adds nothing to any score: it is left out of the MATCH.
+        found = sorted((count, term) for term, count in counts.items() if count)
+        if not found:
+            return []
+
+        # The filters. Those on the index's rowid are tested before the memory is read: the tag
+        # set, and the date range when short ("+" keeps SQLite from handing such a set to FTS5 as
+        # one full-text query per rowid). The others are answered by the index memories_when_kind
+        # (a seek by rowid into just those columns); CROSS JOIN keeps the full-text index the
+        # outer loop.
+        where = ["memories_fts MATCH ?"]
+        params: list[Any] = []
+        tag_where, tag_params = self._tag_filter(query, "+memories_fts.rowid")
+        where += tag_where
+        params += tag_params
+        date_set = bool(dates) and dated < DATE_SET_MAX
+        if date_set:
+            where.append(f"+memories_fts.rowid IN (SELECT m.rowid FROM memories m WHERE {date_range})")
+            params += date_params
+        row_where, row_params = self._row_filters(query, dates=not date_set)
+        where += row_where
+        params += row_params
+        covering = "" if query.exclude_ids else " INDEXED BY memories_when_kind"
+        join = f" CROSS JOIN memories m{covering} ON m.rowid = memories_fts.rowid" if row_where else ""
+        hits = f"SELECT memories_fts.rowid AS rowid, {BM25} AS score FROM memories_fts{join} WHERE {' AND '.join(where)}"
+        best = f"ORDER BY score, rowid LIMIT {int(self.candidates)}"
+
+        rare: list[str] = []
+        covered = 0
+        for count, term in found:  # rarest first: enough memories, then as many as the budget allows
+            if covered >= self.rare_min and covered + count > self.rare_rows:
+                break
+            rare.append(term)
+            covered += count
+        common = found[len(rare) :]
+        if not common or query.tags or date_set:
+            # A tag or a short date range leaves few memories to score: one MATCH of all the words.
+            return await self._fetchall(f"{hits} {best}", [" OR ".join(term for _, term in found), *params])
+
+        any_rare = f"({' OR '.join(rare)})"
+        any_common = f"({' OR '.join(term for _, term in common)})"
+        # 1. The memories holding a rare word. bm25 sums over the query's words, and a word a
+        # memory lacks adds nothing: so those that also hold a common word are scored with every
+        # word in the MATCH, and the others with the rare words alone, which costs FTS5 less (it
+        # counts each word's memories to weigh it). Both are the scores the whole query gives.
+        pool = await self._fetchall(
+            f"WITH both_kinds AS MATERIALIZED ({hits}) SELECT rowid, score FROM both_kinds UNION ALL "
+            f"{hits} AND +memories_fts.rowid NOT IN (SELECT rowid FROM both_kinds) {best}",
+            [f"{any_rare} AND {any_common}", *params, any_rare, *params],
+        )
+        # 2. The memories holding only common words, where they could reach the first `exact_top`.
+        # bm25 gives each word at most idf * (k1 + 1), so only memories holding a combination of
+        # common words whose bounds add up to the score to beat are scored; the others are only
+        # tested for that (a fraction of the cost).
+        enough = min(self.exact_top, self.candidates)
+        to_beat = -pool[enough - 1][1] if len(pool) >= enough else 0.0
+        bounds = [(term, self.tf_max * _idf(size, count)) for count, term in common]
+        reaching = _combinations_reaching(bounds, to_beat)
+        if not reaching:
+            return pool
+        rest_params = [f"{any_common} NOT {any_rare}", *params]
+        if () in reaching or len(reaching) == len(common):  # each common word alone can reach the top
+            pass
+        elif len(reaching) == 1 and len(reaching[0]) == len(common):
+            # Only memories holding every common word: matched as such, each word once (so that
+            # bm25 counts it once).
+            rest_params[0] = f"({' AND '.join(reaching[0])}) NOT {any_rare}"
+        else:
+            hits += " AND +memories_fts.rowid IN (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?)"
+            combinations = " OR ".join(f"({' AND '.join(terms)})" for terms in reaching)
+            rest_params.append(f"({combinations}) NOT {any_rare}")
+        rest = await self._fetchall(f"{hits} {best}", rest_params)
+        return sorted(pool + rest, key=lambda hit: (hit[1], hit[0]))[: self.candidates]
 
     # Sessions and counts -----------------------------------------------------------------------
 
@@ -470,13 +666,248 @@ class SQLiteStore:
             sessions=sessions,
         )
 
+    # Change detection and backup ---------------------------------------------------------------
+
+    async def change_marker(self) -> int:
+        # PRAGMA data_version on the reader moves whenever another connection commits: other
+        # processes and this process's own writer alike. It reads only the WAL index: no I/O.
+        row = await self._fetchone("PRAGMA data_version")
+        return int(row[0]) if row else 0
+
+    async def document_heads(self) -> dict[str, int]:
+        # One max() per document walks the (document, version) key to its end: cheap at any size.
+        heads = " UNION ALL ".join(
+            "SELECT ?, (SELECT max(version) FROM document_versions WHERE document = ?)" for _ in DOCUMENTS
+        )
+        rows = await self._fetchall(heads, [name for name in DOCUMENTS for _ in range(2)])
+        return {name: version for name, version in rows if version is not None}
+
+    async def backup(self, target: Path) -> Backup:
+        if str(self.path) == ":memory:":
+            raise StorageError("an in-memory database has no file to back up")
+        if target.exists() and os.path.samefile(target, self.path):
+            raise InvalidInput(f"{target} is the database itself; choose another file for the backup")
+        for suffix in ("-wal", "-shm"):
+            if Path(f"{target}{suffix}").exists():
+                raise InvalidInput(
+                    f"{target}{suffix} exists: {target} looks like a database in use; stop what uses it "
+                    "or choose another file for the backup"
+                )
+        # Written beside the target under another name, checked, then renamed: a failed or
+        # interrupted backup never leaves a half-written file under the name asked for.
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        try:
+            await anyio.to_thread.run_sync(_copy_database, self.path, partial)
+            copy = await SQLiteStore.open(partial)
+            try:
+                integrity = await copy.integrity_check()
+                stats = await copy.stats()
+            finally:
+                await copy.close()
+            if integrity != "ok":
+                raise StorageError(
+                    f"the backup failed its integrity check ({integrity}); nothing was written"
+                )
+            os.replace(partial, target)
+            _sync_folder(target.parent)
+        finally:
+            for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+                leftover.unlink(missing_ok=True)
+        return Backup(path=str(target), bytes=target.stat().st_size, integrity=integrity, stats=stats)
+
+    # Tokens ------------------------------------------------------------------------------------
+
+    async def add_token(
+        self, name: str, token_hash: str, scopes: tuple[str, ...], created_at: str
+    ) -> TokenInfo:
+        async with self._transaction() as db:
+            cursor = await db.execute("SELECT revoked_at FROM tokens WHERE name = ?", (name,))
+            taken = await cursor.fetchone()
+            if taken is not None:
+                state = "a revoked token" if taken[0] else "a token"
+                raise InvalidInput(
+                    f"{state} named {name!r} already exists; names stay unique so that every author name "
+                    "means one token: choose another name (token list shows them all)"
+                )
+            await db.execute(
+                "INSERT INTO tokens (name, token_hash, scopes, created_at) VALUES (?, ?, ?, ?)",
+                (name, token_hash, ",".join(scopes), created_at),
+            )
+        return TokenInfo(name=name, scopes=list(scopes), created_at=created_at)  # type: ignore[arg-type]
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        rows = await self._fetchall(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, rowid")
+        return [_token(row) for row in rows]
+
+    async def find_token(self, token_hash: str) -> TokenInfo | None:
+        row = await self._fetchone(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
+        return _token(row) if row else None
+
+    async def revoke_token(self, name: str, revoked_at: str) -> TokenInfo:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (revoked_at, name)
+            )
+            cursor = await db.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE name = ?", (name,))
+            row = await cursor.fetchone()
+        if row is None:
+            raise NotFound(f"no token is named {name!r}; token list shows the names")
+        return _token(tuple(row))
+
+    async def touch_token(self, name: str, used_at: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("UPDATE tokens SET last_used_at = ? WHERE name = ?", (used_at, name))
+
     async def integrity_check(self) -> str:
         row = await self._fetchone("PRAGMA integrity_check")
         return str(row[0]) if row else "no answer"
 
+    async def client_activity(self) -> list[ClientActivity]:
+        found: dict[str, ClientActivity] = {}
+        for sql, count_field, time_field in (
+            ("SELECT client, count(*), max(started_at) FROM sessions GROUP BY client", "sessions",
+             "last_session_at"),
+            ("SELECT author, count(*), max(created_at) FROM memories GROUP BY author", "memories",
+             "last_memory_at"),
+            ("SELECT author, count(*), max(created_at) FROM document_versions GROUP BY author", "versions",
+             "last_version_at"),
+        ):  # fmt: skip
+            for client, count, last in await self._fetchall(sql):
+                activity = found.setdefault(client, ClientActivity(client=client))
+                setattr(activity, count_field, count)
+                setattr(activity, time_field, last)
+                if activity.last_active_at is None or last > activity.last_active_at:
+                    activity.last_active_at = last
+        return sorted(found.values(), key=lambda a: a.last_active_at or "", reverse=True)
+
+    # Listing and checking ----------------------------------------------------------------------
+
+    async def list_memories(
+        self,
+        statuses: tuple[str, ...],
+        kind: str | None,
+        tags: tuple[str, ...],
+        since: str | None,
+        until: str | None,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[Memory], int]:
+        where = [f"m.status IN ({', '.join('?' * len(statuses))})"]
+        params: list[Any] = list(statuses)
+        if kind:
+            where.append("m.kind = ?")
+            params.append(kind)
+        if since:
+            where.append("m.occurred_at >= ?")
+            params.append(since)
+        if until:
+            where.append("m.occurred_at < ?")
+            params.append(until)
+        if tags:
+            where.append(
+                f"m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({', '.join('?' * len(tags))}) "
+                "GROUP BY memory_rowid HAVING count(*) = ?)"
+            )
+            params.extend([*tags, len(tags)])
+        condition = " AND ".join(where)
+        rows = await self._fetchall(
+            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {condition} "
+            "ORDER BY m.occurred_at DESC, m.rowid DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        (total,) = await self._fetchone(f"SELECT count(*) FROM memories m WHERE {condition}", params) or (0,)
+        return [_memory(row) for row in rows], total
+
+    async def diagnose(self) -> StoreDiagnosis:
+        integrity = [str(row[0]) for row in await self._fetchall("PRAGMA integrity_check")]
+        (version,) = await self._fetchone("PRAGMA user_version") or (0,)
+        (journal,) = await self._fetchone("PRAGMA journal_mode") or ("?",)
+        (sync,) = await self._fetchone("PRAGMA synchronous") or (-1,)
+        # The index's own structural check. It is a write statement to SQLite (though it changes
+        # nothing), so it runs on the writer. Its 'rank = 1' form would also compare the index with
+        # the content table, but that table holds forgotten memories the index leaves out on purpose,
+        # so that comparison is done below, row by row.
+        try:
+            async with self._transaction() as db:
+                await db.execute("INSERT INTO memories_fts (memories_fts) VALUES ('integrity-check')")
+            index_check = "ok"
+        except sqlite3.DatabaseError as exc:
+            index_check = str(exc)
+        # memories_fts_docsize holds one row per indexed memory (FTS5's own shadow table).
+        (active, indexed, missing, stale) = await self._fetchone(
+            "SELECT (SELECT count(*) FROM memories WHERE status = 'active'), "
+            "(SELECT count(*) FROM memories_fts_docsize), "
+            "(SELECT count(*) FROM memories m WHERE m.status = 'active' "
+            " AND m.rowid NOT IN (SELECT id FROM memories_fts_docsize)), "
+            "(SELECT count(*) FROM memories_fts_docsize d WHERE d.id NOT IN "
+            " (SELECT rowid FROM memories WHERE status = 'active'))"
+        ) or (0, 0, 0, 0)
+        return StoreDiagnosis(
+            integrity=integrity,
+            schema_version=version,
+            expected_schema_version=SCHEMA_VERSION,
+            migrated_from=self.migrated_from,
+            index_check=index_check,
+            active_memories=active,
+            indexed_memories=indexed,
+            missing_from_index=missing,
+            stale_in_index=stale,
+            journal_mode=str(journal),
+            synchronous={0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, str(sync)),
+        )
+
+
+def _copy_database(source: Path, target: Path) -> None:
+    """SQLite's online backup, all pages in one step: the copy is one read snapshot of the source,
+    so it is consistent while other processes commit (in WAL mode they are not held up meanwhile)."""
+    src = sqlite3.connect(source, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst, pages=-1)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable (POSIX); Windows has no directory handles to sync."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _idf(rows: int, holding: int) -> float:
+    """bm25's weight for a word that `holding` of `rows` memories hold, as FTS5 computes it."""
+    return max(math.log((rows - holding + 0.5) / (holding + 0.5)), 1e-6)
+
+
+def _combinations_reaching(bounds: list[tuple[str, float]], score: float) -> list[tuple[str, ...]]:
+    """The smallest combinations of words whose `bounds` add up to `score` or more.
+
+    [] when even all of them fall short; [()] when any memory may reach it (a score of 0, or too
+    many words to list the combinations). A memory holding a larger combination holds one of these.
+    """
+    if score <= 0 or len(bounds) > MAX_COMBINED:
+        return [()]
+    reaching: list[tuple[str, ...]] = []
+    for size in range(1, len(bounds) + 1):
+        for chosen in itertools.combinations(bounds, size):
+            terms = tuple(term for term, _ in chosen)
+            if sum(bound for _, bound in chosen) >= score and not any(
+                set(smaller) <= set(terms) for smaller in reaching
+            ):
+                reaching.append(terms)
+    return reaching
 
 
 async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
@@ -501,8 +932,9 @@ async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
     return db
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    """Bring the schema to SCHEMA_VERSION. Safe when several processes open a new file at once."""
+async def _migrate(db: aiosqlite.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION; returns the version found. Safe when several processes
+    open a new file at once."""
     await db.execute("BEGIN IMMEDIATE")
     try:
         cursor = await db.execute("PRAGMA user_version")
@@ -522,3 +954,4 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         await db.execute("ROLLBACK")
         raise
     await db.execute("COMMIT")
+    return current

@@ -1,0 +1,54 @@
+"""Bearer tokens for the HTTP server: how they are made, named, scoped and recognised.
+
+A token is `soul_` followed by 32 random bytes (URL-safe base64). The store keeps only its SHA-256:
+with 256 bits of randomness nobody can find a token from its hash by guessing, so the slow hashes
+made for passwords would add nothing but cost on every request; an equality lookup on the hash is
+also what lets a request find its token in one indexed read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from soul_mcp.errors import InvalidInput
+from soul_mcp.models import SCOPES
+
+PREFIX = "soul_"
+# A name becomes the author of everything written with the token: short, plain, no spaces.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def new_token() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def name(value: str) -> str:
+    value = value.strip() if isinstance(value, str) else value
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidInput(
+            f"token name {value!r} is not allowed: use 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (e.g. 'laptop' or 'cursor-work')"
+        )
+    return value
+
+
+def scopes(values: list[str] | tuple[str, ...] | str) -> tuple[str, ...]:
+    """Scopes from a list or a comma-separated string, de-duplicated, in the canonical order."""
+    if isinstance(values, str):
+        values = values.split(",")
+    wanted = {v.strip().lower() for v in values if v.strip()}
+    unknown = sorted(wanted - set(SCOPES))
+    if unknown:
+        raise InvalidInput(
+            f"unknown scope {', '.join(map(repr, unknown))}; scopes are read (wake_up, recall, reading), "
+            "write (remember, forget, revise_memory, the intent) and identity (soul, north star, identity)"
+        )
+    if not wanted:
+        raise InvalidInput("a token needs at least one scope: read, write or identity")
+    return tuple(s for s in SCOPES if s in wanted)

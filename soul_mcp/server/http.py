@@ -1,0 +1,236 @@
+"""`soul-mcp serve --http`: one process, one database, many clients over Streamable HTTP.
+
+What protects it, outermost first:
+- `Front` (here): POST /mcp must be JSON (415 otherwise), and a graceful stop (below).
+- bearer tokens (server/access.py, the tokens table): 401 with WWW-Authenticate without a valid
+  one, unless --insecure-no-auth, which is refused off loopback;
+- the SDK's Host/Origin checks against DNS rebinding (421 / 403): always on, for the loopback
+  names plus every --allowed-host; binding any other address requires at least one;
+- the SDK's body limit (413): `max_body_bytes`, 1 MiB unless the text limits are raised;
+- then the SDK's JSON-RPC parsing (400 with a parse error) and the per-call scope checks.
+
+A graceful stop (SIGTERM, SIGINT): uvicorn stops accepting connections and waits for open ones.
+Calls in flight run to the end and get their answers; the long-lived streams that would otherwise
+keep it waiting (the handshake era's GET stream, the 2026 era's subscriptions/listen) are told the
+client left. Then the sessions end and the database closes. GRACE_SECONDS bounds the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import Any
+
+import anyio
+import uvicorn
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.inbound import MCP_METHOD_HEADER
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from soul_mcp.config import Settings
+from soul_mcp.server.app import build_server
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+GRACE_SECONDS = 30
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+LONG_LIVED_METHODS = frozenset({"subscriptions/listen"})
+
+
+class ConfigError(ValueError):
+    """The HTTP options do not make a safe server; the message says what to change."""
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """1 MiB, or more when the text limits are raised: a JSON string may take up to 12 bytes per
+    character (a \\uXXXX surrogate pair), plus room for the envelope."""
+    largest = max(settings.limits.document_chars, settings.limits.memory_chars)
+    return max(1024 * 1024, 12 * largest + 64 * 1024)
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecuritySettings:
+    """DNS-rebinding protection on: the loopback names, plus each --allowed-host (any port unless
+    it names one). Refuses a non-loopback bind without allowed hosts, where the SDK would switch
+    the protection off."""
+    if not is_loopback(host) and not allowed_hosts:
+        raise ConfigError(
+            f"binding {host} serves other machines, so name the host names clients use to reach "
+            "this server (e.g. --allowed-host soul.home.lan or --allowed-host 192.168.1.20); requests "
+            "with any other Host header are refused, which keeps DNS-rebinding protection on"
+        )
+    hosts: list[str] = []
+    origins: list[str] = []
+    for name in [*LOOPBACK_NAMES, *allowed_hosts]:
+        name = name.strip()
+        if not name or "/" in name:
+            raise ConfigError(
+                f"--allowed-host takes a host name or address with an optional port, got {name!r}"
+            )
+        has_port = name.rsplit(":", 1)[-1].isdigit() and not name.endswith("]")
+        patterns = [name] if has_port else [name, f"{name}:*"]
+        hosts += patterns
+        origins += [f"{scheme}://{p}" for scheme in ("http", "https") for p in patterns]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+class Front:
+    """The outermost layer: 415 for a POST that is not JSON, and the graceful stop."""
+
+    def __init__(self, app: ASGIApp, stopping: anyio.Event) -> None:
+        self.app = app
+        self.stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == MCP_PATH:
+            headers = Headers(scope=scope)
+            if scope["method"] == "POST":
+                media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+                if media_type != "application/json":
+                    body = {
+                        "jsonrpc": "2.0",
+                        "id": None,
+                        "error": {
+                            "code": -32600,
+                            "message": f"Content-Type must be application/json, got {media_type or 'none'!r}",
+                        },
+                    }
+                    await JSONResponse(body, status_code=415)(scope, receive, send)
+                    return
+            if scope["method"] == "GET" or headers.get(MCP_METHOD_HEADER) in LONG_LIVED_METHODS:
+                await self._stream(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A long-lived stream: ended, cleanly, when the server stops."""
+        state = {"started": False, "done": False}
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["done"] = True
+            await send(message)
+
+        await self.app(scope, self._until_stopping(receive), watched)
+        if state["started"] and not state["done"] and self.stopping.is_set():
+            # The stream ended because of the stop, not because the client left: close the body
+            # so the client sees the end of a response rather than a broken connection.
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _until_stopping(self, receive: Receive) -> Receive:
+        """A stream's `receive` that reports the client gone once the server is stopping."""
+
+        async def wrapped() -> Message:
+            message: Message = {"type": "http.disconnect"}
+            if self.stopping.is_set():
+                return message
+            async with anyio.create_task_group() as tg:
+
+                async def pass_on() -> None:
+                    nonlocal message
+                    message = await receive()
+                    tg.cancel_scope.cancel()
+
+                async def stop() -> None:
+                    await self.stopping.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(pass_on)
+                tg.start_soon(stop)
+            return message
+
+        return wrapped
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling `Front` when a stop begins."""
+
+    def __init__(self, config: uvicorn.Config, stopping: anyio.Event) -> None:
+        super().__init__(config)
+        self._stopping = stopping
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None:  # called from a signal handler: hand it to the loop
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+
+def build_app(
+    settings: Settings,
+    host: str,
+    allowed_hosts: list[str],
+    insecure_no_auth: bool,
+    stopping: anyio.Event,
+) -> ASGIApp:
+    if insecure_no_auth and not is_loopback(host):
+        raise ConfigError(
+            f"--insecure-no-auth serves without tokens, so it is allowed on loopback only, not on {host}; "
+            "create a token instead: soul-mcp token create NAME --scope read,write"
+        )
+    security = transport_security(host, allowed_hosts)
+    server = build_server(settings, bearer_auth=not insecure_no_auth)
+
+    @server.custom_route("/healthz", methods=["GET"])
+    async def healthz(request: Request) -> Response:
+        # Served only between startup (the database is open) and shutdown; needs no token.
+        return JSONResponse({"status": "ok"})
+
+    app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        max_request_body_size=max_body_bytes(settings),
+        transport_security=security,
+        host=host,
+    )
+    return Front(app, stopping)
+
+
+def serve_http(
+    settings: Settings, host: str, port: int, allowed_hosts: list[str], insecure_no_auth: bool
+) -> None:
+    """Serve until SIGTERM or SIGINT; raises ConfigError before binding anything if unsafe."""
+    # sse_starlette (under the SDK) ends every SSE stream on shutdown, answers in flight included;
+    # Front ends only the long-lived ones, so the answers still go out.
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.disable_automatic_graceful_drain()
+
+    async def main() -> None:
+        stopping = anyio.Event()
+        app = build_app(settings, host, allowed_hosts, insecure_no_auth, stopping)
+        config = uvicorn.Config(
+            app,
+            host=host.strip("[]"),
+            port=port,
+            log_config=None,  # our logging: stderr, one format; access lines carry no headers
+            timeout_graceful_shutdown=GRACE_SECONDS,
+            server_header=False,
+        )
+        auth = "WITHOUT tokens (--insecure-no-auth)" if insecure_no_auth else "bearer tokens required"
+        shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+        log.info("serving Streamable HTTP at http://%s:%d%s (%s), database %s", shown, port, MCP_PATH,
+                 auth, settings.db_path)  # fmt: skip
+        await _Server(config, stopping).serve()
+
+    anyio.run(main)

@@ -1,0 +1,715 @@
+"""Warm start for `soul-mcp serve`: answer the stdio handshake from a cache while the SDK loads.
+
+Why. A host spawns `soul-mcp serve` and waits for the answers to `initialize` and `tools/list`
+before its agent can do anything. Importing the MCP SDK (pydantic building the protocol models)
+takes 0.6 to 0.9 s on a small machine, so a plain start answers after ~0.7 s whatever soul-mcp does.
+Those two answers are the same at every start of the same code, so they are kept in a small JSON
+file and given at once, while a background thread imports the SDK and builds the server.
+
+Everything else stays the SDK's work. It receives every message the client sent, in order, the
+`initialize` answered early included (so its session knows the client's name and capabilities:
+memories are signed with that name); its own answers to ids that were already answered are dropped
+on the way out. Nothing here parses or builds protocol objects beyond reading those two requests.
+
+    stdin ─▶ reader thread ─▶ inbox ─┬─▶ before the server is ready: the main thread answers
+                                     │   initialize and tools/list from the cache, keeps the rest
+                                     └─▶ once ready: _LineSource ─▶ the SDK's stdio_server ─▶ server
+    stdout ◀─ _Wire ◀─ _Sink ◀─ SDK (drops answers already given; copies new handshake answers
+                                      into the cache)
+
+The cache: a JSON file in the user cache folder (`SOUL_MCP_CACHE_DIR` overrides the folder),
+named after and valid only for the fingerprint it was written with: soul-mcp's version and source
+files, the installed mcp, mcp-types, pydantic and pydantic-core, the Python version, the settings
+and the SOUL_MCP_* environment. For each negotiated protocol version it holds the `result` objects
+the SDK itself wrote for `initialize` and for `tools/list`, and it stores the SDK's negotiation rule
+(the handshake-era versions and the latest one) so that the early answer names the version the SDK
+will settle on. A missing, stale or corrupt file (ignored, logged at debug level) means a start
+like a plain one, during which the SDK's answers are captured and the file is rewritten (a
+temporary file and os.replace, so concurrent starts never leave a torn file).
+
+When the client closes stdin, the SDK ends the session as on a plain start (a request it is still
+handling is answered "Connection closed"); when everything the client asked was answered from the
+cache, the process exits without opening the database. If the server fails to start, the error
+reaches the command line as it would without any of this (traceback on stderr, exit code 1).
+
+This relies on one rule for the rest of the server: what `initialize` and `tools/list` answer may
+depend on the code, the installed packages and the settings, never on the database's content.
+
+Not accelerated, only passed through: clients of the 2026-07-28 era (no handshake: they open with
+`server/discover`), and a handshake at a protocol version the cache does not hold yet. Their
+messages wait, in order, until the SDK is ready, as in a plain start. SOUL_MCP_WARM_START=0 turns
+the whole mechanism off (the server then runs exactly as `MCPServer.run()`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import soul_mcp
+
+if TYPE_CHECKING:
+    from mcp.server import MCPServer
+
+    from soul_mcp.config import Settings
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR_ENV = "SOUL_MCP_CACHE_DIR"
+WARM_START_ENV = "SOUL_MCP_WARM_START"
+CACHE_FORMAT = 1
+# Cache files of other installs (another venv, an older version) are deleted once this old.
+_STALE_AFTER_S = 30 * 86_400
+INITIALIZE = "initialize"
+TOOLS_LIST = "tools/list"
+# Variables that cannot change what initialize and tools/list say. Every other SOUL_MCP_* variable
+# is part of the fingerprint, in case one ever shapes a tool description.
+_ENV_OUTSIDE_FINGERPRINT = frozenset({"SOUL_MCP_DB", "SOUL_MCP_LOG_LEVEL", CACHE_DIR_ENV, WARM_START_ENV})
+# Installed packages whose code shapes the two answers (the SDK, its types, the schema generator).
+_PACKAGES = ("mcp", "mcp_types", "pydantic", "pydantic_core")
+# The 2026-07-28 envelope key: a request carrying it belongs to the other protocol era.
+_MODERN_ENVELOPE_KEY = "io.modelcontextprotocol/protocolVersion"
+# Once the server is ready, this many client messages are still looked at for a handshake whose
+# answer is worth caching; a session that has not asked by then is not going to.
+_WATCH_LIVE_MESSAGES = 16
+
+# What the inbox carries: (kind, value).
+_LINE, _EOF, _READY, _FAILED = "line", "eof", "ready", "failed"
+
+_SWITCH_INTERVAL_LOADING = 0.0005  # seconds; see _serve_warm
+
+_IdKey = tuple[str, "int | str"]
+
+
+# The cache ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cache:
+    """Handshake answers the SDK gave, per negotiated protocol version, and its negotiation rule."""
+
+    handshake_versions: tuple[str, ...]
+    latest_handshake: str
+    # negotiated version -> method ("initialize" or "tools/list") -> the JSON-RPC `result` object
+    answers: dict[str, dict[str, dict[str, Any]]]
+
+    def negotiate(self, requested: object) -> str:
+        """The SDK's rule (mcp.server.runner, `_negotiate_initialize`): the client's version when
+        the SDK speaks it, else the latest handshake-era version."""
+        if isinstance(requested, str) and requested in self.handshake_versions:
+            return requested
+        return self.latest_handshake
+
+
+def cache_path(expected_fingerprint: str) -> Path:
+    """One file per fingerprint, so that two installs used side by side (a pipx install for one
+    host, a development venv for another) do not overwrite each other's cache at every start."""
+    override = os.environ.get(CACHE_DIR_ENV)
+    if override:
+        folder = Path(override).expanduser()
+    else:
+        from platformdirs import user_cache_dir
+
+        folder = Path(user_cache_dir("soul-mcp", appauthor=False))
+    return folder / f"warm-start-{expected_fingerprint[:16]}.json"
+
+
+def fingerprint(settings: Settings) -> str:
+    """Everything the cached answers depend on; when any of it changes the cache is stale.
+
+    Costs ~5 ms: the package's source files are read and hashed (a code change must invalidate the
+    cache, and mtimes are not reliable across checkouts), the installed versions come from the
+    dist-info folder names (importlib.metadata alone takes ~20 ms to import).
+    """
+    digest = hashlib.sha256()
+
+    def add(text: str) -> None:
+        digest.update(text.encode("utf-8", errors="surrogateescape") + b"\n")
+
+    add(f"format {CACHE_FORMAT}; soul-mcp {soul_mcp.__version__}; python {sys.version_info[:2]}")
+    for name in _PACKAGES:
+        add(f"{name} {_installed(name)}")
+    # The database path is the one setting that cannot matter (the answers never read the database).
+    add(repr(dataclasses.replace(settings, db_path=Path())))
+    for key in sorted(os.environ):
+        if key.startswith("SOUL_MCP_") and key not in _ENV_OUTSIDE_FINGERPRINT:
+            add(f"{key}={os.environ[key]}")
+    package = Path(soul_mcp.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        add(path.relative_to(package).as_posix())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _installed(name: str) -> str:
+    """Where a package is imported from and the names of its dist-info folders (they carry the
+    version); the file's size and mtime when there is no dist-info (a source checkout)."""
+    from importlib.util import find_spec
+
+    spec = find_spec(name)
+    if spec is None or spec.origin is None:
+        return "absent"
+    origin = Path(spec.origin)
+    try:
+        dists = sorted(
+            entry
+            for entry in os.listdir(origin.parent.parent)
+            if entry.endswith(".dist-info") and entry.split("-")[0].lower() == name
+        )
+        if not dists:
+            stat = origin.stat()
+            dists = [f"{stat.st_size}:{stat.st_mtime_ns}"]
+    except OSError as exc:
+        dists = [f"unreadable: {exc}"]
+    return f"{origin} {' '.join(dists)}"
+
+
+def load_cache(path: Path, expected_fingerprint: str) -> Cache | None:
+    """The cache at `path` if it is readable, well formed and written for this fingerprint."""
+    try:
+        data = json.loads(path.read_bytes())
+        return _parse_cache(data, expected_fingerprint)
+    except FileNotFoundError:
+        log.debug("no warm-start cache at %s yet", path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.debug("ignoring the warm-start cache %s: %s", path, exc)
+    return None
+
+
+def _parse_cache(data: Any, expected_fingerprint: str) -> Cache:
+    if data.get("format") != CACHE_FORMAT:
+        raise ValueError(f"format {data.get('format')!r}, not {CACHE_FORMAT}")
+    if data["fingerprint"] != expected_fingerprint:
+        raise ValueError("written for other code, packages or settings")
+    versions = tuple(data["handshake_versions"])
+    latest = data["latest_handshake"]
+    if not all(isinstance(v, str) for v in versions) or latest not in versions:
+        raise ValueError("malformed negotiation rule")
+    answers: dict[str, dict[str, dict[str, Any]]] = {}
+    for version, methods in data["answers"].items():
+        if version not in versions:
+            raise ValueError(f"answers for unknown version {version!r}")
+        for method, result in methods.items():
+            if method not in (INITIALIZE, TOOLS_LIST) or not isinstance(result, dict):
+                raise ValueError(f"malformed answer for {method!r}")
+            if method == INITIALIZE and result.get("protocolVersion") != version:
+                raise ValueError(f"initialize answer filed under the wrong version {version!r}")
+        answers[version] = dict(methods)
+    return Cache(handshake_versions=versions, latest_handshake=latest, answers=answers)
+
+
+def save_cache(path: Path, expected_fingerprint: str, new: Cache) -> None:
+    """Merge `new` into the cache file and replace it atomically.
+
+    Two servers starting together may both write: each writes its own temporary file and renames it
+    over the cache, so the file is always one complete version (an answer only the loser had is
+    captured again at a later start).
+    """
+    current = load_cache(path, expected_fingerprint)
+    answers = {v: dict(m) for v, m in current.answers.items()} if current else {}
+    for version, methods in new.answers.items():
+        answers.setdefault(version, {}).update(methods)
+    data = {
+        "format": CACHE_FORMAT,
+        "fingerprint": expected_fingerprint,
+        "written_by": f"soul-mcp {soul_mcp.__version__}",
+        "handshake_versions": list(new.handshake_versions),
+        "latest_handshake": new.latest_handshake,
+        "answers": answers,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".warm-start-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _prune(path)
+
+
+def _prune(keep: Path) -> None:
+    """Delete other installs' cache files and killed writers' temporary files, once old."""
+    cutoff = time.time() - _STALE_AFTER_S
+    for other in [*keep.parent.glob("warm-start-*.json"), *keep.parent.glob(".warm-start-*.tmp")]:
+        try:
+            if other != keep and other.stat().st_mtime < cutoff:
+                other.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete
+
+
+# The handshake: what was asked, answered and captured --------------------------------------------
+
+
+def _parse(line: bytes | str) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _id_key(request_id: object) -> _IdKey | None:
+    """The ids the SDK accepts (an integer or a string), keyed so that 1 and "1" stay apart."""
+    if type(request_id) is int or type(request_id) is str:
+        return (type(request_id).__name__, request_id)
+    return None
+
+
+def _response(request_id: int | str, result: dict[str, Any]) -> bytes:
+    # The SDK's framing: pydantic's compact JSON of JSONRPCResponse, fields in this order.
+    return (
+        '{"jsonrpc":"2.0","id":'
+        + json.dumps(request_id, ensure_ascii=False)
+        + ',"result":'
+        + json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+        + "}\n"
+    ).encode("utf-8")
+
+
+def _plausible_initialize(params: object) -> bool:
+    """Whether the SDK will accept these initialize params; a malformed request is left to it, so
+    that the client gets the SDK's own error."""
+    if not isinstance(params, dict):
+        return False
+    info, capabilities = params.get("clientInfo"), params.get("capabilities")
+    return (
+        isinstance(params.get("protocolVersion"), str)
+        and isinstance(info, dict)
+        and isinstance(info.get("name"), str)
+        and isinstance(info.get("version"), str)
+        and isinstance(capabilities, dict)
+        and all(value is None or isinstance(value, dict) for value in capabilities.values())
+    )
+
+
+def _plain_tools_list(params: object) -> bool:
+    """No cursor, nothing but an optional legacy `_meta`: the request the cached answer is for."""
+    if params is None:
+        return True
+    if not isinstance(params, dict) or set(params) - {"_meta"}:
+        return False
+    meta = params.get("_meta")
+    return meta is None or (isinstance(meta, dict) and _MODERN_ENVELOPE_KEY not in meta)
+
+
+class _Handshake:
+    """What the client asked and what has been answered, shared by the threads that move messages.
+
+    Before the server is ready the main thread calls `early` for each client message. Afterwards
+    the SDK's reader calls `live` (only to spot answers worth caching) and its writer `outgoing`.
+    """
+
+    def __init__(self, cache: Cache | None, path: Path, expected_fingerprint: str) -> None:
+        self._lock = threading.Lock()
+        self._cache = cache
+        self._path = path
+        self._fingerprint = expected_fingerprint
+        self._first_request_seen = False
+        self._version: str | None = None  # the connection's negotiated handshake-era version
+        self._answered: Counter[_IdKey] = Counter()  # answered early: drop the SDK's answer
+        self._capture: dict[_IdKey, str] = {}  # request id -> method whose answer goes to the cache
+        self._captured: dict[str, dict[str, dict[str, Any]]] = {}
+        self._rule: tuple[tuple[str, ...], str] | None = None
+        self._save_lock = threading.Lock()  # one cache write at a time, each with all captured so far
+        self._live_budget = _WATCH_LIVE_MESSAGES
+        # A message only the SDK can answer arrived before it was ready: wait for it even after EOF.
+        self.needs_server = False
+
+    def set_rule(self, handshake_versions: tuple[str, ...], latest: str) -> None:
+        """The negotiation rule of the SDK now loaded, written with any captured answer."""
+        with self._lock:
+            self._rule = (tuple(handshake_versions), latest)
+
+    def early(self, line: bytes) -> tuple[bytes | None, bool]:
+        """A client message that arrived before the server was ready.
+
+        Returns the answer to write now (or None) and whether the server must still see the
+        message. Only the first request may be an `initialize` answered here (after anything else
+        the SDK may have settled on the other era); `tools/list` is answered here once initialize
+        was, and is then not passed on.
+        """
+        message = _parse(line)
+        with self._lock:
+            if message is None or not isinstance(message.get("method"), str):
+                self.needs_server = True  # not JSON-RPC, or a response: the SDK deals with it
+                return None, True
+            if "id" not in message:
+                return None, True  # a notification needs no answer
+            method, key, params = message["method"], _id_key(message["id"]), message.get("params")
+            first = not self._first_request_seen
+            self._first_request_seen = True
+            if method == INITIALIZE and first and key is not None:
+                answer = self._initialize_from_cache(key, params)
+                if answer is not None:
+                    return answer, True  # the SDK still needs it: it sets up the session
+            if method == TOOLS_LIST and key is not None and _plain_tools_list(params):
+                answer = self._tools_list_from_cache(key[1])
+                if answer is not None:
+                    return answer, False
+            self._watch(key, method)
+            self.needs_server = True
+            return None, True
+
+    def _initialize_from_cache(self, key: _IdKey, params: Any) -> bytes | None:
+        if self._cache is None or not _plausible_initialize(params):
+            return None
+        version = self._cache.negotiate(params["protocolVersion"])
+        result = self._cache.answers.get(version, {}).get(INITIALIZE)
+        if result is None:
+            return None
+        self._version = version
+        self._answered[key] += 1
+        log.debug("answered initialize (%s) from the warm-start cache", version)
+        return _response(key[1], result)
+
+    def _tools_list_from_cache(self, request_id: int | str) -> bytes | None:
+        if self._cache is None or self._version is None:
+            return None
+        result = self._cache.answers.get(self._version, {}).get(TOOLS_LIST)
+        if result is None:
+            return None
+        log.debug("answered tools/list from the warm-start cache")
+        return _response(request_id, result)
+
+    def _watch(self, key: _IdKey | None, method: str) -> None:
+        if key is not None and method in (INITIALIZE, TOOLS_LIST):
+            self._capture[key] = method
+
+    def live(self, line: bytes) -> None:
+        """A client message on its way to the ready server: note a handshake request whose answer
+        the cache lacks. Only the first few messages are looked at, and only when they mention one
+        of the two methods, so the steady state costs nothing."""
+        if self._live_budget <= 0:
+            return
+        self._live_budget -= 1
+        if b'"initialize"' not in line and b'"tools/list"' not in line:
+            return
+        message = _parse(line)
+        if message is not None and "id" in message and isinstance(message.get("method"), str):
+            with self._lock:
+                self._watch(_id_key(message["id"]), message["method"])
+
+    def outgoing(self, text: str) -> tuple[bool, bool]:
+        """A message the SDK writes: (write it to the client?, is there something new to cache?)."""
+        if not self._answered and not self._capture:
+            return True, False  # the steady state: nothing to look for
+        message = _parse(text)
+        if message is None or "method" in message or "id" not in message:
+            return True, False  # not a response (a notification or a server-to-client request)
+        key = _id_key(message["id"])
+        if key is None:
+            return True, False
+        with self._lock:
+            if self._answered[key] > 0:
+                self._answered[key] -= 1
+                if self._answered[key] == 0:
+                    del self._answered[key]
+                if "error" in message:
+                    # Only a malformed request gets here (_plausible_initialize lets the obvious
+                    # ones through to the SDK): the client already has the cached success.
+                    log.warning(
+                        "the server refused an initialize that was answered from the warm-start cache: %s",
+                        message["error"],
+                    )
+                return False, False
+            method = self._capture.pop(key, None)
+            return True, method is not None and self._keep(method, message.get("result"))
+
+    def _keep(self, method: str, result: Any) -> bool:
+        if not isinstance(result, dict):
+            return False  # an error: nothing to cache
+        if method == INITIALIZE:
+            version = result.get("protocolVersion")
+            if not isinstance(version, str):
+                return False
+            self._version = version
+        elif self._version is None or "nextCursor" in result:
+            return False  # not a handshake-era connection, or a partial list
+        else:
+            version = self._version
+        known = self._cache.answers.get(version, {}).get(method) if self._cache else None
+        if known == result:
+            return False
+        self._captured.setdefault(version, {})[method] = result
+        return True
+
+    def save_soon(self) -> None:
+        """Write the cache from a thread of its own: the SDK's writer must not wait for the disk (at
+        shutdown, an answer whose write is slow to finish is not sent at all)."""
+        threading.Thread(target=self._save, name="soul-mcp-cache").start()
+
+    def _save(self) -> None:
+        with self._save_lock:
+            with self._lock:
+                if self._rule is None or not self._captured:
+                    return
+                new = Cache(
+                    handshake_versions=self._rule[0],
+                    latest_handshake=self._rule[1],
+                    answers={v: dict(m) for v, m in self._captured.items()},
+                )
+            try:
+                save_cache(self._path, self._fingerprint, new)
+            except OSError as exc:
+                log.warning("could not write the warm-start cache %s: %s", self._path, exc)
+            else:
+                log.debug("wrote the warm-start cache %s", self._path)
+
+
+# The process's stdin and stdout, and the streams the SDK is given ---------------------------------
+
+
+def _private_dup(fd: int) -> int:
+    """A close-on-exec duplicate above the standard descriptors."""
+    if sys.platform == "win32":  # pragma: no cover - duplicates are non-inheritable there
+        return os.dup(fd)
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+
+
+class _Wire:
+    """The real stdin and stdout, moved to private descriptors.
+
+    As the SDK's stdio_server does: fd 0 then reads the null device and fd 1 writes to stderr, so
+    a stray print or a child process can neither corrupt the protocol nor steal the client's bytes.
+    """
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        self._lock = threading.Lock()
+        self.stdin_fd = _private_dup(0)
+        self.stdout_fd = _private_dup(1)
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            try:
+                os.dup2(null, 0)
+            finally:
+                os.close(null)
+            os.dup2(2, 1)
+        except OSError:
+            self.restore()  # leave the descriptors as they were for a plain start
+            raise
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.stdout_fd, view) :]
+
+    def restore(self) -> None:
+        os.dup2(self.stdout_fd, 1)
+        os.dup2(self.stdin_fd, 0)
+
+
+def _read_client(fd: int, inbox: queue.SimpleQueue[tuple[str, Any]]) -> None:
+    """Thread: every line the client writes, then EOF. The descriptor is never closed: the thread
+    may still be blocked on it when the process ends."""
+    stream = open(fd, "rb", closefd=False)  # noqa: SIM115
+    try:
+        for line in iter(stream.readline, b""):
+            inbox.put((_LINE, line))
+    except (OSError, ValueError) as exc:
+        log.debug("stdin closed: %s", exc)
+    finally:
+        inbox.put((_EOF, None))
+
+
+class _LineSource(io.TextIOBase):
+    """The SDK's stdin: the messages kept while it loaded, then the live ones, then EOF.
+
+    Wrapped with anyio.wrap_file, which is what the SDK's stdio_server reads lines from.
+    """
+
+    def __init__(
+        self, kept: list[bytes], inbox: queue.SimpleQueue[tuple[str, Any]], handshake: _Handshake, eof: bool
+    ) -> None:
+        super().__init__()
+        self._kept = deque(kept)
+        self._inbox = inbox
+        self._handshake = handshake
+        self._eof = eof
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1) -> str:
+        if self._kept:
+            return self._kept.popleft().decode("utf-8", errors="replace")
+        if self._eof:
+            return ""
+        kind, value = self._inbox.get()
+        if kind != _LINE:
+            self._eof = True
+            return ""
+        self._handshake.live(value)
+        return value.decode("utf-8", errors="replace")
+
+    def end(self) -> None:
+        """Make a pending readline return EOF (when the server stops with stdin still open)."""
+        self._inbox.put((_EOF, None))
+
+
+class _Sink(io.TextIOBase):
+    """The SDK's stdout: drops its answers to ids already answered, feeds new answers to the cache."""
+
+    def __init__(self, wire: _Wire, handshake: _Handshake) -> None:
+        super().__init__()
+        self._wire = wire
+        self._handshake = handshake
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        keep, new_answer = self._handshake.outgoing(text)
+        if keep:
+            self._wire.write(text.encode("utf-8"))
+        if new_answer:
+            self._handshake.save_soon()
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # every write goes straight to the descriptor
+
+
+# Serving ------------------------------------------------------------------------------------------
+
+
+def serve_stdio(settings: Settings) -> int:
+    """Serve MCP on stdin/stdout until the client closes stdin; the exit code for the CLI."""
+    if os.environ.get(WARM_START_ENV, "").strip() == "0":
+        return _serve_plain(settings)
+    started = time.perf_counter()
+    try:
+        expected = fingerprint(settings)
+        path = cache_path(expected)
+        cache = load_cache(path, expected)
+        wire = _Wire()
+    except Exception as exc:  # a shortcut that fails must not stop the server (e.g. no stdin at all)
+        log.warning("warm start unavailable (%s); starting normally", exc)
+        return _serve_plain(settings)
+    try:
+        return _serve_warm(settings, wire, _Handshake(cache, path, expected), started)
+    finally:
+        wire.restore()
+
+
+def _serve_plain(settings: Settings) -> int:
+    from soul_mcp.server.app import build_server
+
+    build_server(settings).run()
+    return 0
+
+
+def _serve_warm(settings: Settings, wire: _Wire, handshake: _Handshake, started: float) -> int:
+    inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    loader = threading.Thread(target=_load, args=(settings, handshake, inbox, started), name="soul-mcp-load")
+    loader.start()
+    threading.Thread(
+        target=_read_client, args=(wire.stdin_fd, inbox), name="soul-mcp-stdin", daemon=True
+    ).start()
+
+    # The loader holds the GIL while it imports; a thread woken by a client message waits for it up
+    # to the switch interval (5 ms by default) at each step: read, hand over, answer. Switching
+    # more often costs only when another thread is waiting, which is when an answer is due.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(_SWITCH_INTERVAL_LOADING)
+    try:
+        server, kept, eof = _answer_until_ready(handshake, wire, inbox)
+    finally:
+        sys.setswitchinterval(switch_interval)
+    if server is None:
+        # Everything the client asked was answered from the cache. Let the loader finish (the
+        # interpreter would wait for it anyway) and leave without opening the database.
+        log.debug("stdin closed before the server was ready; nothing left to answer")
+        loader.join()
+        return 0
+
+    import anyio
+
+    anyio.run(_run_server, server, _LineSource(kept, inbox, handshake, eof), _Sink(wire, handshake))
+    return 0
+
+
+def _answer_until_ready(
+    handshake: _Handshake, wire: _Wire, inbox: queue.SimpleQueue[tuple[str, Any]]
+) -> tuple[MCPServer[Any] | None, list[bytes], bool]:
+    """Answer what the cache can while the loader works.
+
+    Returns the server once ready (None when the client left with nothing for it to do), the
+    messages it must still see, in order, and whether the client has closed stdin.
+    """
+    kept: list[bytes] = []
+    eof = False
+    while True:
+        kind, value = inbox.get()
+        if kind == _LINE:
+            answer, keep = handshake.early(value)
+            if answer is not None:
+                wire.write(answer)
+            if keep:
+                kept.append(value)
+        elif kind == _EOF:
+            if not handshake.needs_server:
+                return None, kept, True
+            eof = True
+        elif kind == _FAILED:
+            raise value
+        else:
+            return value, kept, eof
+
+
+def _load(
+    settings: Settings, handshake: _Handshake, inbox: queue.SimpleQueue[tuple[str, Any]], started: float
+) -> None:
+    """Thread: import the SDK and build the server; hand it (or the failure) to the main thread."""
+    try:
+        import anyio  # noqa: F401 - loaded here so that the main thread finds it ready
+        import mcp.server.stdio  # noqa: F401
+        from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+
+        from soul_mcp.server.app import build_server
+
+        server = build_server(settings)
+    except BaseException as exc:  # re-raised by the main thread: a failed start exits non-zero
+        inbox.put((_FAILED, exc))
+        return
+    handshake.set_rule(HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION)
+    log.debug("the SDK loaded and the server built, %.3f s after serve began", time.perf_counter() - started)
+    inbox.put((_READY, server))
+
+
+async def _run_server(server: MCPServer[Any], source: _LineSource, sink: _Sink) -> None:
+    """`MCPServer.run_stdio_async`, on our streams instead of the process's descriptors.
+
+    The SDK has no public call for that (run() always claims fd 0 and 1), so its low-level server
+    is reached the way run_stdio_async reaches it.
+    """
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    async with stdio_server(stdin=anyio.wrap_file(source), stdout=anyio.wrap_file(sink)) as (read, write):
+        lowlevel = server._lowlevel_server
+        try:
+            await lowlevel.run(read, write, lowlevel.create_initialization_options())
+        finally:
+            # If the server stopped on its own (a crash), the SDK's reader may be blocked waiting
+            # for a line, and the transport waits for its reader: hand it EOF.
+            source.end()

@@ -1,0 +1,418 @@
+"""Embeddings in SQLite and hybrid recall: BM25 fused with exact vector search.
+
+`SQLiteVectors` is a part of `SQLiteStore` (mixed into it) that implements `EmbeddingStore` and the
+hybrid branch of text search. It is kept apart because it is optional: without an embedder the
+table stays empty and recall never comes here. numpy is imported only when a vector is handled.
+
+What is embedded. A memory alone is often too short to carry its meaning ("Yes, last spring!"), so
+the text embedded for a memory is its previous memory followed by it, when the previous one is active
+and was stored in the same context (same author, session and day: the notion of context recall's
+neighbour scoring uses). Measured on LoCoMo (bench/locomo.py): a turn alone gives weak dense recall,
+with its previous turn much better. The neighbour is clipped to its last NEIGHBOUR_CHARS characters
+so that a long neighbour does not drown a short memory. When a memory leaves recall or comes back,
+a trigger (schema migration 3) drops its neighbours' embeddings, which are then computed again.
+
+How recall fuses the two (measured on LoCoMo; see bench/README.md). For every candidate (the BM25
+matches and the DENSE_CANDIDATES most similar memories that pass the filters):
+    own = bm25 / best bm25 of the query + DENSE_WEIGHT * (cos - mean cos) / (best cos - mean cos)
+where mean cos is over all embedded memories, so an average memory adds nothing and the most
+similar one adds DENSE_WEIGHT. Then, as in BM25-only recall, each memory adds NEIGHBOUR_WEIGHT of
+the `own` score of its neighbours in the same context. A memory without a (current) embedding gets
+no dense part. Linear fusion of normalised scores did at least as well as weighted reciprocal rank
+fusion in the experiments behind this design (RRF throws away how far ahead the best match is).
+
+Exact search: all vectors of the model are held in memory as one float32 matrix (VectorCache), per
+process, and refreshed incrementally by embedding row id, which only grows; the cost is one
+matrix-vector product per query (5 to 8 ms at 100k memories on the 2-core machine of bench/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from soul_mcp.storage.base import EmbeddingJob, SearchHit, SearchQuery
+
+if TYPE_CHECKING:
+    import aiosqlite
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+NEIGHBOUR_CHARS = 500
+DENSE_WEIGHT = 0.5
+# How many of the most similar memories join the BM25 matches as candidates. With a filter, more are
+# taken, since the most similar ones may not pass it.
+DENSE_CANDIDATES = 100
+DENSE_CANDIDATES_FILTERED = 1000
+# Neighbours are looked up for the best candidates only: only they can lift a neighbour into a page.
+HYBRID_LENDERS = 100
+# Above this many vectors the similarity product runs on a worker thread, not on the event loop.
+THREAD_ABOVE = 20_000
+LOAD_BATCH = 20_000
+LOOKUP_CHUNK = 800  # rowids per IN (...): SQLite before 3.32 allows 999 variables in all
+
+Context = tuple[str, str | None, str]  # author, session id, day
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def window_text(previous: str | None, content: str) -> str:
+    if not previous:
+        return content
+    if len(previous) > NEIGHBOUR_CHARS:
+        previous = "…" + previous[-NEIGHBOUR_CHARS:]
+    return previous + "\n" + content
+
+
+class VectorCache:
+    """One model's vectors in memory: a float32 matrix with one column per memory (this layout made
+    the product with a query about twice as fast as one row per memory), and per column the memory
+    rowid and the embedding id."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.lock = anyio.Lock()
+        self.dims: int | None = None
+        self.size = 0
+        self.last_id = 0
+        self.matrix: Any = None
+        self.ids: Any = None
+        self.rowids: Any = None
+        self.row_of: dict[int, int] = {}  # memory rowid -> matrix column
+        self.expected: int | None = None  # how many vectors the first load brings
+
+    def add(self, rows: list[tuple[int, int, int, bytes]]) -> None:
+        """Rows (embedding id, memory rowid, dims, vector) in id order: new memories are appended,
+        a memory embedded again has its row overwritten."""
+        import numpy as np
+
+        if self.dims is None:
+            self.dims = rows[0][2]
+        rows_ok = [r for r in rows if r[2] == self.dims and len(r[3]) == 4 * r[2]]
+        if len(rows_ok) < len(rows):
+            log.warning(
+                "skipped %d embeddings of %s with unexpected sizes", len(rows) - len(rows_ok), self.model
+            )
+        self.last_id = max(self.last_id, rows[-1][0])
+        if not rows_ok:
+            return
+        vectors = np.frombuffer(b"".join(r[3] for r in rows_ok), dtype="<f4").reshape(len(rows_ok), self.dims)
+        # A memory seen before keeps its column (embedded again: overwritten); a new one gets the next.
+        columns = np.empty(len(rows_ok), dtype=np.int64)
+        size = self.size
+        for i, (_, rowid, _, _) in enumerate(rows_ok):
+            column = self.row_of.get(rowid)
+            if column is None:
+                column = self.row_of[rowid] = size
+                size += 1
+            columns[i] = column
+        self._reserve(size)
+        self.size = size
+        self.matrix[:, columns] = vectors.T
+        self.ids[columns] = [r[0] for r in rows_ok]
+        self.rowids[columns] = [r[1] for r in rows_ok]
+
+    def _reserve(self, needed: int) -> None:
+        import numpy as np
+
+        capacity = 0 if self.matrix is None else self.matrix.shape[1]
+        if needed <= capacity:
+            return
+        capacity = max(needed, 2 * capacity, 1024, (self.expected or 0) + 1024)
+        matrix = np.zeros((self.dims or 0, capacity), dtype=np.float32)
+        ids = np.zeros(capacity, dtype=np.int64)
+        rowids = np.zeros(capacity, dtype=np.int64)
+        if self.matrix is not None:
+            matrix[:, : self.size] = self.matrix[:, : self.size]
+            ids[: self.size] = self.ids[: self.size]
+            rowids[: self.size] = self.rowids[: self.size]
+        self.matrix, self.ids, self.rowids = matrix, ids, rowids
+
+    def similarities(self, vector: np.ndarray) -> np.ndarray:
+        return vector.astype("float32", copy=False) @ self.matrix[:, : self.size]
+
+
+class SQLiteVectors:
+    """The embedding half of SQLiteStore (see the module docstring)."""
+
+    if TYPE_CHECKING:
+        _fetchall: Callable[..., Awaitable[list[tuple[Any, ...]]]]
+        _transaction: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
+
+        @staticmethod
+        def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]: ...
+
+    _vector_caches: dict[str, VectorCache] | None = None
+
+    # Which text stands for a memory -----------------------------------------------------------
+
+    @staticmethod
+    async def _windows(
+        fetch: Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]], rowids: list[int]
+    ) -> dict[int, tuple[str, str]]:
+        """{rowid: (memory id, text to embed)} for those of `rowids` that are active."""
+        wanted = sorted({r + step for r in rowids for step in (-1, 0)})
+        rows: dict[int, tuple[Any, ...]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for row in await fetch(
+                "SELECT rowid, id, content, status, author, session_id, substr(occurred_at, 1, 10) "
+                f"FROM memories WHERE rowid IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                rows[row[0]] = row
+        out: dict[int, tuple[str, str]] = {}
+        for rowid in rowids:
+            row = rows.get(rowid)
+            if row is None or row[3] != "active":
+                continue
+            before = rows.get(rowid - 1)
+            previous = before[2] if before and before[3] == "active" and before[4:] == row[4:] else None
+            out[rowid] = (row[1], window_text(previous, row[2]))
+        return out
+
+    def _jobs(self, windows: dict[int, tuple[str, str]], order: list[int]) -> list[EmbeddingJob]:
+        return [
+            EmbeddingJob(
+                memory_id=windows[r][0], text=windows[r][1], text_hash=text_hash(windows[r][1]), position=r
+            )
+            for r in order
+            if r in windows
+        ]
+
+    # EmbeddingStore ---------------------------------------------------------------------------
+
+    async def pending_embeddings(
+        self, model: str, limit: int, above: int = 0
+    ) -> tuple[list[EmbeddingJob], int]:
+        # One statement, so `newest` and the rows come from the same snapshot.
+        rows = await self._fetchall(
+            "SELECT (SELECT coalesce(max(rowid), 0) FROM memories), "
+            # NOT INDEXED: walk positions from the newest down, stopping at `above` (the planner would
+            # take the status index and sort every active memory).
+            "(SELECT group_concat(rowid) FROM (SELECT m.rowid FROM memories m NOT INDEXED WHERE m.rowid > ? "
+            "AND m.status = 'active' AND NOT EXISTS (SELECT 1 FROM memory_embeddings e "
+            "WHERE e.memory_rowid = m.rowid AND e.model = ?) ORDER BY m.rowid DESC LIMIT ?))",
+            [above, model, limit],
+        )
+        newest, found = rows[0]
+        order = [int(r) for r in found.split(",")] if found else []
+        return self._jobs(await self._windows(self._fetchall, order), order), newest
+
+    async def stale_embeddings(
+        self, model: str, after: int, limit: int
+    ) -> tuple[list[EmbeddingJob], int | None]:
+        rows = await self._fetchall(
+            "SELECT rowid FROM memories WHERE status = 'active' AND rowid > ? ORDER BY rowid LIMIT ?",
+            [after, limit],
+        )
+        order = [r for (r,) in rows]
+        if not order:
+            return [], None
+        marks = ", ".join("?" * len(order))
+        stored = dict(
+            await self._fetchall(
+                f"SELECT memory_rowid, text_hash FROM memory_embeddings WHERE model = ? AND memory_rowid IN ({marks})",
+                [model, *order],
+            )
+        )
+        jobs = [
+            j
+            for j in self._jobs(await self._windows(self._fetchall, order), order)
+            if stored.get(j.position) != j.text_hash
+        ]
+        return jobs, (order[-1] if len(order) == limit else None)
+
+    async def save_embeddings(self, model: str, jobs: list[EmbeddingJob], vectors: Any) -> int:
+        import numpy as np
+
+        matrix = np.asarray(vectors, dtype="<f4")
+        if matrix.ndim != 2 or matrix.shape[0] != len(jobs):
+            raise ValueError(f"expected {len(jobs)} vectors, got an array of shape {matrix.shape}")
+        saved = 0
+        async with self._transaction() as db:
+
+            async def fetch(sql: str, params: Any) -> list[tuple[Any, ...]]:
+                cursor = await db.execute(sql, params)
+                found = await cursor.fetchall()
+                await cursor.close()
+                return [tuple(r) for r in found]
+
+            # Checked again inside the write transaction: a neighbour forgotten while the text was being
+            # embedded would otherwise leave its words in this memory's vector.
+            current = await self._windows(fetch, [job.position for job in jobs])
+            rows = []
+            for job, vector in zip(jobs, matrix, strict=True):
+                now = current.get(job.position)
+                if now is None or now[0] != job.memory_id or text_hash(now[1]) != job.text_hash:
+                    continue
+                rows.append((job.position, model, matrix.shape[1], job.text_hash, vector.tobytes()))
+            # REPLACE deletes and inserts, so the row gets a new id and caches see the change.
+            await db.executemany(
+                "INSERT OR REPLACE INTO memory_embeddings (memory_rowid, model, dims, text_hash, vector) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            saved = len(rows)
+        return saved
+
+    async def embedding_counts(self, model: str) -> tuple[int, int]:
+        rows = await self._fetchall(
+            "SELECT (SELECT count(*) FROM memory_embeddings e JOIN memories m ON m.rowid = e.memory_rowid "
+            "WHERE e.model = ? AND m.status = 'active'), (SELECT count(*) FROM memories WHERE status = 'active')",
+            [model],
+        )
+        return rows[0][0], rows[0][1]
+
+    async def rebuild_text_index(self) -> int:
+        # FTS5's own 'rebuild' would read every row of the content table, forgotten memories too, but
+        # this index holds active memories only: so empty it and insert the active ones again.
+        columns = [row[1] for row in await self._fetchall("PRAGMA table_info(memories_fts)")]
+        names = ", ".join(columns)
+        async with self._transaction() as db:
+            await db.execute("INSERT INTO memories_fts (memories_fts) VALUES ('delete-all')")
+            cursor = await db.execute(
+                f"INSERT INTO memories_fts (rowid, {names}) SELECT rowid, {names} FROM memories "
+                "WHERE status = 'active'"
+            )
+            count = cursor.rowcount
+            await db.execute("INSERT INTO memories_fts (memories_fts) VALUES ('optimize')")
+        return count
+
+    # Hybrid recall ----------------------------------------------------------------------------
+
+    async def _vector_cache(self, model: str) -> VectorCache:
+        if self._vector_caches is None:
+            self._vector_caches = {}
+        cache = self._vector_caches.setdefault(model, VectorCache(model))
+        async with cache.lock:
+            if cache.expected is None:  # the first load: room for all at once, not grown by doubling
+                (cache.expected,) = (
+                    await self._fetchall("SELECT count(*) FROM memory_embeddings WHERE model = ?", [model])
+                )[0]
+            while True:
+                rows = await self._fetchall(
+                    "SELECT id, memory_rowid, dims, vector FROM memory_embeddings WHERE model = ? AND id > ? "
+                    "ORDER BY id LIMIT ?",
+                    [model, cache.last_id, LOAD_BATCH],
+                )
+                if rows:
+                    cache.add(rows)  # type: ignore[arg-type]
+                if len(rows) < LOAD_BATCH:
+                    break
+        return cache
+
+    async def _search_hybrid(
+        self, query: SearchQuery, pool: list[tuple[int, float]]
+    ) -> list[SearchHit] | None:
+        """The hybrid ranking of a text query whose BM25 matches are `pool` ((rowid, bm25), best
+        first, bm25 negative as FTS5 gives it); None when the query has no vector or no memory has
+        an embedding by its model: then BM25 ranks alone."""
+        import numpy as np
+
+        from soul_mcp.storage.sqlite import MEMORY_COLUMNS, NEIGHBOUR_WEIGHT, _memory
+
+        assert query.vector is not None
+        model = query.vector.model
+        where, params = self._filters(query)
+        filters = " AND ".join(where)
+        # While the query is still being embedded: new vectors, and what is known of the BM25 matches.
+        cache = await self._vector_cache(model)
+        found: dict[int, tuple[Context, int | None]] = {}
+        await self._look_up(found, [rowid for rowid, _ in pool], model, filters, params)
+        vector = await query.vector.get()
+        if vector is None or cache.size == 0:
+            return None
+        vector = np.asarray(vector, dtype=np.float32)
+        if cache.size > THREAD_ABOVE:
+            sims = await anyio.to_thread.run_sync(cache.similarities, vector)
+        else:
+            sims = cache.similarities(vector)
+        mean = float(sims.mean())
+
+        # 1. Candidates: the BM25 matches and the memories most similar to the query.
+        best_bm25 = max((-score for _, score in pool), default=0.0) or 1.0
+        lexical = {rowid: -score / best_bm25 for rowid, score in pool}
+        take = min(cache.size, DENSE_CANDIDATES if len(where) == 1 else DENSE_CANDIDATES_FILTERED)
+        top = np.argpartition(-sims, take - 1)[:take] if take < cache.size else np.arange(cache.size)
+        similar = [int(r) for r in cache.rowids[top]]
+        best = float(sims[top].max())
+        spread = best - mean if best > mean else 1.0
+
+        def dense(rowid: int) -> float:
+            """The vector part: 0 for an average memory, DENSE_WEIGHT for the most similar one."""
+            row = cache.row_of.get(rowid)
+            return 0.0 if row is None else DENSE_WEIGHT * (float(sims[row]) - mean) / spread
+
+        # 2. Only the best candidates can lift a neighbour into a page: their neighbours are looked up,
+        # with the similar memories (whether they pass the filters, and their context).
+        candidates = set(lexical) | set(similar)
+        lenders = sorted(candidates, key=lambda r: -(lexical.get(r, 0.0) + dense(r)))[:HYBRID_LENDERS]
+        near = {r + step for r in lenders for step in (-1, 1)}
+        await self._look_up(found, sorted((near | set(similar)) - found.keys()), model, filters, params)
+
+        # 3. Scores. A vector counts only if its row is still stored (a neighbour forgotten since the
+        # cache loaded it has had it dropped), so the cache's embedding id must match.
+        def current(rowid: int, embedding_id: int | None) -> bool:
+            row = cache.row_of.get(rowid)
+            return row is not None and embedding_id == int(cache.ids[row])
+
+        scores = {
+            r: lexical.get(r, 0.0) + (dense(r) if current(r, e) else 0.0) for r, (_, e) in found.items()
+        }
+        totals: dict[int, float] = {}
+        lent_by: dict[int, int] = {}
+        for rowid, own in scores.items():
+            total, best_lender, best_lent = own, None, 0.0
+            for other in (rowid - 1, rowid + 1):
+                if other in scores and found[other][0] == found[rowid][0]:
+                    lent = NEIGHBOUR_WEIGHT * scores[other]
+                    total += lent
+                    if lent > best_lent:
+                        best_lender, best_lent = other, lent
+            if total > 0:
+                totals[rowid] = total
+                if rowid not in candidates and best_lender is not None:
+                    lent_by[rowid] = best_lender
+        ranked = sorted(totals, key=lambda r: (-totals[r], -r))[query.offset : query.offset + query.limit]
+        if not ranked:
+            return []
+        needed = ranked + [lent_by[r] for r in ranked if r in lent_by]
+        rows = await self._fetchall(
+            f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m WHERE m.rowid IN ({', '.join('?' * len(needed))})",
+            needed,
+        )
+        memories = {row[0]: _memory(row[1:]) for row in rows}
+        return [
+            SearchHit(memories[r], totals[r], memories[lent_by[r]].id if r in lent_by else None)
+            for r in ranked
+        ]
+
+    async def _look_up(
+        self,
+        found: dict[int, tuple[Context, int | None]],
+        rowids: list[int],
+        model: str,
+        filters: str,
+        params: list[Any],
+    ) -> None:
+        """Add, for those `rowids` that are active and pass the filters, their context and the id of
+        their embedding by `model` (None without one)."""
+        for start in range(0, len(rowids), LOOKUP_CHUNK):
+            chunk = rowids[start : start + LOOKUP_CHUNK]
+            rows = await self._fetchall(
+                # NOT INDEXED: as in SQLiteStore._search_text, a walk over these few rowids.
+                "SELECT m.rowid, m.author, m.session_id, substr(m.occurred_at, 1, 10), "
+                "(SELECT e.id FROM memory_embeddings e WHERE e.memory_rowid = m.rowid AND e.model = ?) "
+                f"FROM memories m NOT INDEXED WHERE m.rowid IN ({', '.join('?' * len(chunk))}) AND {filters}",
+                [model, *chunk, *params],
+            )
+            found.update({rowid: ((author, session, day), e) for rowid, author, session, day, e in rows})

