@@ -53,7 +53,9 @@ def soul_toolset(command: str | None, db: str | None) -> MCPToolset[Any]:
         program, *args = shlex.split(command)
     else:
         program, args = sys.executable, ["-m", "soul_mcp", "serve"]
-    env = {name: os.environ[name] for name in PASS_ENV if name in os.environ}
+    env = {
+        name: value for name, value in os.environ.items() if name in PASS_ENV or name.startswith("SOUL_MCP_")
+    }
     db = db or os.environ.get("SOUL_MCP_DB")
     if db:
         env["SOUL_MCP_DB"] = db

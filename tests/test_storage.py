@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import random
 import sqlite3
 import threading
 import warnings
@@ -301,3 +302,190 @@ async def test_integrity_check_is_ok_after_every_kind_of_change(store: SQLiteSto
     assert (stats.memories_active, stats.memories_superseded, stats.memories_forgotten) == (5, 1, 0)
     assert stats.document_versions == {"soul": 5}
     assert stats.sessions == 1
+
+
+# Recall's rare-word path -------------------------------------------------------------------------
+#
+# At scale, recall scores first the memories holding a query's rarest words, then brings in the
+# others only where bm25's bound says they could reach the first `exact_top` (see RARE_MIN in
+# storage/sqlite.py). The store's thresholds are lowered here so that every path runs on a few
+# hundred memories; the first hits must be those of one plain MATCH of all the words, computed here
+# in SQL. Every memory has its own session, so that no neighbour lends it a score.
+
+# How many memories hold each word: two in most, the others in fewer and fewer.
+SHARES = {"project": 0.55, "meeting": 0.45, "garden": 0.12, "budget": 0.12, "travel": 0.12}
+SHARES |= {"piano": 0.12, "harbor": 0.12, "lantern": 0.07, "copper": 0.07}
+SHARES |= {"zebra": 0.05, "quartz": 0.05, "violet": 0.05, "ember": 0.05, "walnut": 0.05}
+FILLER = [f"filler{n}" for n in range(40)]
+DAYS = [f"2024-03-{day:02d}T09:00:00Z" for day in range(1, 29)]
+
+
+def corpus(count: int, seed: int = 7) -> list[NewMemory]:
+    rng = random.Random(seed)
+    memories = []
+    for n in range(count):
+        words = [word for word, share in SHARES.items() if rng.random() < share]
+        words += [w for w in words if rng.random() < 0.2]  # some words twice
+        words += [*rng.sample(FILLER, rng.randint(1, 9)), f"note{n}"]
+        rng.shuffle(words)
+        content = " ".join(words)
+        memories.append(
+            NewMemory(
+                content=content,
+                content_key=content_key(content),
+                kind=rng.choice(["fact", "event"]),  # type: ignore[arg-type]
+                tags=rng.sample(["home", "work", "music"], rng.randint(0, 2)),
+                importance=3,
+                occurred_at=DAYS[n * len(DAYS) // count],
+                author="tester",
+                session_id=f"s{n}",
+            )
+        )
+    return memories
+
+
+@pytest.fixture
+async def scale_store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    """400 memories, and thresholds low enough for the rare-word path to run on them."""
+    opened = await SQLiteStore.open(db_path, synchronous="OFF")
+    try:
+        for memory in corpus(400):
+            await opened.add_memory(memory, NOW)
+        opened.rare_min, opened.rare_rows, opened.exact_top = 10, 30, 5
+        yield opened
+    finally:
+        await opened.close()
+
+
+def plain_ranking(
+    db: Path, terms: list[str], where: str = "", params: tuple[object, ...] = ()
+) -> list[tuple[str, float]]:
+    """Every match of one MATCH of all the words, best first, as recall ranked them before."""
+    rows = query(
+        db,
+        "SELECT m.id, -bm25(memories_fts, 1.0, 0.5, 0.5) AS score FROM memories_fts "
+        "JOIN memories m ON m.rowid = memories_fts.rowid "
+        f"WHERE memories_fts MATCH ? {where} ORDER BY score DESC, m.rowid DESC",
+        (" OR ".join(f'"{t}"' for t in terms), *params),
+    )
+    return [(str(i), float(s)) for i, s in rows]
+
+
+def top(ranking: list[tuple[str, float]], k: int) -> list[tuple[float, str]]:
+    """The first k (fewer if the k-th ties with the next), in an order that ignores ties."""
+    while 0 < k < len(ranking) and round(ranking[k - 1][1], 9) == round(ranking[k][1], 9):
+        k -= 1
+    return sorted((round(score, 9), memory_id) for memory_id, score in ranking[:k])
+
+
+async def recalled(
+    store: SQLiteStore, terms: list[str], limit: int, **filters: object
+) -> list[tuple[str, float]]:
+    hits = await store.search(SearchQuery(terms=tuple(terms), limit=limit, **filters))  # type: ignore[arg-type]
+    return [(hit.memory.id, hit.score) for hit in hits]
+
+
+# Between them, these run every path of SQLiteStore._ranked on this corpus: common words that
+# cannot reach the first hits, words promoted alone, pairs looked for as such or among several.
+QUERIES = [
+    ["zebra", "project"],
+    ["quartz", "lantern", "meeting"],
+    ["zebra", "garden", "budget"],
+    ["ember", "garden", "harbor"],
+    ["walnut", "budget", "travel"],
+    ["ember", "garden", "budget", "travel", "piano"],
+    ["walnut", "copper", "harbor", "piano", "project"],
+    ["zebra", "quartz", "garden", "travel", "lantern", "meeting"],
+    ["project", "meeting", "piano"],
+    ["garden", "budget"],
+]
+
+
+@pytest.mark.parametrize("terms", QUERIES, ids=["-".join(q) for q in QUERIES])
+async def test_first_hits_are_those_of_one_plain_match(
+    scale_store: SQLiteStore, db_path: Path, terms: list[str]
+) -> None:
+    k = scale_store.exact_top
+    expected = top(plain_ranking(db_path, terms), k)
+    assert expected, "the query matches nothing: the test would prove nothing"
+    assert top(await recalled(scale_store, terms, limit=k), len(expected)) == expected
+
+
+FILTERS: list[tuple[dict[str, object], str, tuple[object, ...]]] = [
+    ({"tags": ("home",)}, "AND m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag = 'home')", ()),
+    ({"since": DAYS[20]}, "AND m.occurred_at >= ?", (DAYS[20],)),
+    (
+        {"since": DAYS[3], "until": DAYS[25]},
+        "AND m.occurred_at >= ? AND m.occurred_at < ?",
+        (DAYS[3], DAYS[25]),
+    ),
+    ({"kind": "event"}, "AND m.kind = 'event'", ()),
+]
+
+
+@pytest.mark.parametrize("date_set_max", [5_000, 0], ids=["date-set", "date-by-row"])
+@pytest.mark.parametrize("filters,where,params", FILTERS, ids=["tag", "since", "range", "kind"])
+async def test_filtered_first_hits_are_those_of_one_plain_match(
+    scale_store: SQLiteStore, db_path: Path, date_set_max: int,
+    filters: dict[str, object], where: str, params: tuple[object, ...],
+) -> None:  # fmt: skip
+    scale_store.date_set_max = date_set_max  # 0: dates are tested match by match, as for a long range
+    k = scale_store.exact_top
+    for terms in QUERIES:
+        expected = top(plain_ranking(db_path, terms, where, params), k)
+        assert top(await recalled(scale_store, terms, limit=k, **filters), len(expected)) == expected, terms
+
+
+async def test_memories_with_only_common_words_that_cannot_reach_the_top_are_not_scored(
+    scale_store: SQLiteStore, db_path: Path
+) -> None:
+    terms = ["zebra", "project"]
+    everything = plain_ranking(db_path, terms)
+    pool = await recalled(scale_store, terms, limit=500)
+    # The rare word's memories come first, scored as one MATCH scores them; the common word's
+    # alone (its idf is near 0) could not reach them, so they were left out of the ranking.
+    zebra = {i for (i,) in query(db_path, "SELECT id FROM memories WHERE content LIKE '%zebra%'")}
+    assert 0 < len(pool) == len(zebra) < len(everything)
+    assert top(pool, len(pool)) == top(everything, len(pool))
+    # With the thresholds out of the way, the same store ranks every match.
+    scale_store.rare_rows = 10**9
+    assert top(await recalled(scale_store, terms, limit=500), len(everything)) == top(everything, 500)
+
+
+@pytest.mark.parametrize(
+    "terms", [["ember", "garden", "harbor"], ["ember", "garden", "budget", "travel", "piano"]]
+)
+async def test_words_that_reach_the_top_only_together_are_looked_for_together(
+    scale_store: SQLiteStore, db_path: Path, terms: list[str]
+) -> None:
+    # "ember" is the rare word; the others each fall short of the first hits, but memories holding
+    # two of them get there.
+    k = scale_store.exact_top
+    expected = top(plain_ranking(db_path, terms), k)
+    ember = {i for (i,) in query(db_path, "SELECT id FROM memories WHERE content LIKE '%ember%'")}
+    assert any(memory_id not in ember for _, memory_id in expected), "no later word reaches the top"
+    assert top(await recalled(scale_store, terms, limit=k), len(expected)) == expected
+
+
+async def test_pages_split_one_ranking(scale_store: SQLiteStore) -> None:
+    terms = ["violet", "budget", "travel", "project"]
+    whole = await recalled(scale_store, terms, limit=60)
+    pages = []
+    for offset in range(0, 60, 6):
+        hits = await scale_store.search(SearchQuery(terms=tuple(terms), offset=offset, limit=6))
+        pages += [(hit.memory.id, hit.score) for hit in hits]
+    assert pages == whole and len(whole) == 60
+
+
+async def test_word_counts_are_taken_again_after_a_write(scale_store: SQLiteStore, db_path: Path) -> None:
+    terms = ["quartz", "meeting"]
+    k = scale_store.exact_top
+    assert top(await recalled(scale_store, terms, limit=k), k) == top(plain_ranking(db_path, terms), k)
+    # Forgetting most memories with "meeting" makes it rare: a count kept from before would still
+    # call it common and leave its memories out of the first hits.
+    meeting = query(db_path, "SELECT id FROM memories WHERE content LIKE '%meeting%' ORDER BY rowid")
+    for (memory_id,) in meeting[3:]:
+        await scale_store.set_memory_status(str(memory_id), "forgotten", "gone", NOW, expect=("active",))
+    expected = top(plain_ranking(db_path, terms, "AND m.status = 'active'"), k)
+    assert {i for _, i in expected} >= {str(i) for (i,) in meeting[:3]}
+    assert top(await recalled(scale_store, terms, limit=k), len(expected)) == expected

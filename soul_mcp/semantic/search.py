@@ -164,7 +164,13 @@ class SemanticSearch:
     ) -> SemanticSearch | None:
         if embedder_for(settings) is None:
             return None
-        return cls(lambda: embedder_for(settings), open_store)  # type: ignore[arg-type,return-value]
+
+        def make_embedder() -> Embedder:  # one per user: the queries' and the indexer's
+            embedder = embedder_for(settings)
+            assert embedder is not None
+            return embedder
+
+        return cls(make_embedder, open_store)
 
     def start_background(self) -> None:
         """Let `kick()` run the background indexer (the server does; the CLI embeds in `reindex`)."""

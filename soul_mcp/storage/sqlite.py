@@ -58,22 +58,29 @@ CANDIDATES = RANKED_MAX
 NEIGHBOUR_WEIGHT = 0.5
 # Only the best matches can lift a neighbour into a page, so only theirs are looked up.
 LENDERS = 50
-# bm25 costs ~1 µs for every memory a MATCH yields, and a word held by many memories adds little to
-# the ranking (low idf) while making the MATCH yield thousands. So the query's words are taken
-# rarest first until the memories holding them fill the pool, then further while they stay within
-# RARE_ROWS; when words are left over (the common ones), only the memories holding a rare word are
-# scored (exactly: with all the words). A memory holding only common words then never enters the
-# pool, although two common words can outscore one fairly rare word: on the bench's 100k memories
-# the first ten hits stay the same for 99 % of queries, and recall is ~5x faster.
-RARE_MIN = 100
-RARE_ROWS = 4_000
-EXACT_TOP = 50
+# Recall at 100k memories. bm25 costs ~1 µs for every memory a MATCH yields, and a word held by
+# thousands of memories would make one MATCH of all the query's words score thousands, mostly to
+# rank them low (a common word weighs little: low idf). So the words are taken rarest first, at
+# least RARE_MIN memories' worth and then as many as fit in RARE_ROWS; the memories holding those
+# are scored first (with the whole query's scores). The other words then only bring in the memories
+# that could still reach the first EXACT_TOP: bm25 gives a word at most BM25_TF_MAX times its idf,
+# so memories whose words add up to less than the EXACT_TOP-th score so far are never scored. The
+# first EXACT_TOP are thus exactly those of the single MATCH; past them, a memory holding only
+# common words may be missing from the pool (and so not lend to its neighbours). Measured with
+# bench/latency.py's queries at 100k: the first ten hits are the same ones for 99 % of queries,
+# and recall in process is ~3x faster (the README of bench/ has the numbers).
+RARE_MIN = 30
+RARE_ROWS = 1_500
+EXACT_TOP = 10
 # bm25's term-frequency factor tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)) stays below
-# k1 + 1 (FTS5: k1 = 1.2, b = 0.75): a word adds at most this many times its idf to a score.
+# k1 + 1 (FTS5: k1 = 1.2, b = 0.75): a word adds less than this many times its idf to a score.
 BM25_TF_MAX = 2.2
-# Past this many common words, every combination is not listed: their memories are all scored.
+# With more words left than this, their combinations are not listed: all their memories are scored.
 MAX_COMBINED = 6
+# A date range holding fewer memories than this is gathered first and matches are looked up in it;
+# a longer one is tested match by match (through the index memories_when_kind).
 DATE_SET_MAX = 5_000
+# Word counts kept between recalls while nothing is written (see SQLiteStore._counts).
 COUNTS_KEPT = 10_000
 # bm25 column weights: content, tags, about (kind and date words).
 BM25 = "bm25(memories_fts, 1.0, 0.5, 0.5)"
@@ -149,13 +156,13 @@ def _token(row: tuple[Any, ...]) -> TokenInfo:
 class SQLiteStore(SQLiteVectors):
     """A `Store` over one SQLite file. Open with `await SQLiteStore.open(path)`."""
 
-    # How many matches a text search ranks, and the rare-word budget (see RARE_ROWS); per store, so
-    # that a test can make the rare-word path run on a small database.
+    # How many matches a text search ranks, and the thresholds of the rare-word path (see RARE_MIN);
+    # per store, so that a test can make each path run on a small database.
     candidates: int = CANDIDATES
     rare_min: int = RARE_MIN
     rare_rows: int = RARE_ROWS
     exact_top: int = EXACT_TOP
-    tf_max: float = BM25_TF_MAX
+    date_set_max: int = DATE_SET_MAX
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self.path = path
@@ -525,7 +532,9 @@ class SQLiteStore(SQLiteVectors):
             for r in ranked
         ]
 
-    async def _counts(self, quoted: list[str], in_range: str, params: list[Any]) -> tuple[int, int, dict[str, int]]:
+    async def _counts(
+        self, quoted: list[str], in_range: str, params: list[Any]
+    ) -> tuple[int, int, dict[str, int]]:
         """max(rowid), the `in_range` count, and how many memories hold each of the `quoted` words.
 
         Counting a word's memories costs ~1/30 of scoring them, but for a common word that is still
@@ -535,7 +544,9 @@ class SQLiteStore(SQLiteVectors):
         """
         count = "(SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?)"
         kept = self._word_counts
-        todo = [term for term in quoted if term not in kept]
+        # A copy taken before the await: a concurrent recall may clear `kept` meanwhile.
+        known = {term: kept[term] for term in quoted if term in kept}
+        todo = [term for term in quoted if term not in known]
         version, size, dated, *fresh = await self._fetchone(
             "SELECT (SELECT data_version FROM pragma_data_version()), (SELECT max(rowid) FROM memories), "
             + ", ".join([in_range, *[count] * len(todo)]),
@@ -550,7 +561,7 @@ class SQLiteStore(SQLiteVectors):
                 recounted = await self._fetchone("SELECT " + ", ".join([count] * len(stale)), stale) or ()
                 counts.update(zip(stale, recounted, strict=True))
         else:
-            counts.update((term, kept[term]) for term in stale)
+            counts.update((term, known[term]) for term in stale)
         if len(kept) > COUNTS_KEPT:
             kept.clear()
         kept.update(counts)
@@ -559,15 +570,15 @@ class SQLiteStore(SQLiteVectors):
     async def _ranked(self, query: SearchQuery) -> list[tuple[int, float]]:
         """The best `candidates` full-text matches that pass the filters: (rowid, bm25), best first.
 
-        The first `exact_top` are exactly those of one plain MATCH of all the words; past them, a
-        query mixing rare and common words may leave out a few memories holding only common words
-        (see RARE_ROWS).
+        The first `exact_top` are exactly those of one MATCH of all the words; past them, a query
+        mixing rare and common words may leave out memories holding only common words (see
+        RARE_MIN).
         """
         # Each term is quoted, so nothing the caller typed is read as FTS5 syntax.
         quoted = ['"' + term.replace('"', '""') + '"' for term in query.terms]
         dates, date_params = self._date_filter(query)
         date_range = " AND ".join(["m.status = 'active'", *dates])
-        in_range = f"(SELECT count(*) FROM (SELECT 1 FROM memories m WHERE {date_range} LIMIT {DATE_SET_MAX}))"
+        in_range = f"(SELECT count(*) FROM (SELECT 1 FROM memories m WHERE {date_range} LIMIT {int(self.date_set_max)}))"
         size, dated, counts = await self._counts(quoted, in_range if dates else "0", date_params)
         # A word no memory holds adds nothing to any score: it is left out of the MATCH.
         found = sorted((count, term) for term, count in counts.items() if count)
@@ -584,7 +595,7 @@ class SQLiteStore(SQLiteVectors):
         tag_where, tag_params = self._tag_filter(query, "+memories_fts.rowid")
         where += tag_where
         params += tag_params
-        date_set = bool(dates) and dated < DATE_SET_MAX
+        date_set = bool(dates) and dated < self.date_set_max
         if date_set:
             where.append(f"+memories_fts.rowid IN (SELECT m.rowid FROM memories m WHERE {date_range})")
             params += date_params
@@ -603,45 +614,69 @@ class SQLiteStore(SQLiteVectors):
                 break
             rare.append(term)
             covered += count
-        common = found[len(rare) :]
-        if not common or query.tags or date_set:
+        rest = found[len(rare) :]
+        if not rest or query.tags or date_set:
             # A tag or a short date range leaves few memories to score: one MATCH of all the words.
             return await self._fetchall(f"{hits} {best}", [" OR ".join(term for _, term in found), *params])
 
-        any_rare = f"({' OR '.join(rare)})"
-        any_common = f"({' OR '.join(term for _, term in common)})"
-        # 1. The memories holding a rare word. bm25 sums over the query's words, and a word a
-        # memory lacks adds nothing: so those that also hold a common word are scored with every
-        # word in the MATCH, and the others with the rare words alone, which costs FTS5 less (it
-        # counts each word's memories to weigh it). Both are the scores the whole query gives.
-        pool = await self._fetchall(
-            f"WITH both_kinds AS MATERIALIZED ({hits}) SELECT rowid, score FROM both_kinds UNION ALL "
-            f"{hits} AND +memories_fts.rowid NOT IN (SELECT rowid FROM both_kinds) {best}",
-            [f"{any_rare} AND {any_common}", *params, any_rare, *params],
-        )
-        # 2. The memories holding only common words, where they could reach the first `exact_top`.
-        # bm25 gives each word at most idf * (k1 + 1), so only memories holding a combination of
-        # common words whose bounds add up to the score to beat are scored; the others are only
-        # tested for that (a fraction of the cost).
-        enough = min(self.exact_top, self.candidates)
-        to_beat = -pool[enough - 1][1] if len(pool) >= enough else 0.0
-        bounds = [(term, self.tf_max * _idf(size, count)) for count, term in common]
-        reaching = _combinations_reaching(bounds, to_beat)
-        if not reaching:
-            return pool
-        rest_params = [f"{any_common} NOT {any_rare}", *params]
-        if () in reaching or len(reaching) == len(common):  # each common word alone can reach the top
-            pass
-        elif len(reaching) == 1 and len(reaching[0]) == len(common):
-            # Only memories holding every common word: matched as such, each word once (so that
-            # bm25 counts it once).
-            rest_params[0] = f"({' AND '.join(reaching[0])}) NOT {any_rare}"
-        else:
-            hits += " AND +memories_fts.rowid IN (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?)"
-            combinations = " OR ".join(f"({' AND '.join(terms)})" for terms in reaching)
-            rest_params.append(f"({combinations}) NOT {any_rare}")
-        rest = await self._fetchall(f"{hits} {best}", rest_params)
-        return sorted(pool + rest, key=lambda hit: (hit[1], hit[0]))[: self.candidates]
+        async def holding(words: list[str], others: list[str], scored: list[str]) -> list[tuple[int, float]]:
+            """The memories holding one of `words` and none of `scored`, with the whole query's scores.
+
+            bm25 sums over the words in the MATCH, and a word a memory lacks adds nothing: so those
+            that also hold one of the `others` are matched with every word, and the rest with fewer,
+            which costs FTS5 less (it walks each word's memories once per MATCH to weigh it).
+            """
+            without = f" NOT ({' OR '.join(scored)})" if scored else ""
+            some = f"({' OR '.join(words)})"
+            if not others:
+                return await self._fetchall(f"{hits} {best}", [some + without, *params])
+            return await self._fetchall(
+                f"WITH both_kinds AS MATERIALIZED ({hits}) SELECT rowid, score FROM both_kinds UNION ALL "
+                f"{hits} AND +memories_fts.rowid NOT IN (SELECT rowid FROM both_kinds) {best}",
+                [f"({some} AND ({' OR '.join(others)})){without}", *params, some + without, *params],
+            )
+
+        # 1. The memories holding a rare word.
+        pool = await holding(rare, [term for _, term in rest], [])
+        scored = rare
+        # 2. The others, as far as they could reach the first `exact_top`. bm25 gives a word at most
+        # idf * (k1 + 1): a word that alone could reach the score to beat has all its memories
+        # scored (then the score to beat rises); words that only could together are looked for
+        # together; the memories of the rest never get there.
+        while rest:
+            enough = min(self.exact_top, self.candidates)
+            to_beat = -pool[enough - 1][1] if len(pool) >= enough else 0.0
+            bounds = [(term, BM25_TF_MAX * _idf(size, count)) for count, term in rest]
+            reaching = _combinations_reaching(bounds, to_beat)
+            if not reaching:
+                break
+            alone = [term for _, term in rest if () in reaching or (term,) in reaching]
+            if alone:
+                rest = [(count, term) for count, term in rest if term not in alone]
+                found_now = await holding(alone, [term for _, term in rest], scored)
+                scored = [*scored, *alone]
+            else:
+                without = f" NOT ({' OR '.join(scored)})"
+                together = [f"({' AND '.join(terms)})" for terms in reaching]
+                if len(reaching) == 1 and len(reaching[0]) == len(rest):
+                    # One combination of all the words left: matched as such, each word once (so
+                    # that bm25 counts it once).
+                    found_now = await self._fetchall(f"{hits} {best}", [together[0] + without, *params])
+                else:
+                    # Several: the memories holding any word left are walked, and only those holding
+                    # a combination are scored.
+                    found_now = await self._fetchall(
+                        f"{hits} AND +memories_fts.rowid IN "
+                        f"(SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?) {best}",
+                        [
+                            f"({' OR '.join(term for _, term in rest)}){without}",
+                            *params,
+                            f"({' OR '.join(together)}){without}",
+                        ],
+                    )
+                rest = []
+            pool = sorted(pool + found_now, key=lambda hit: (hit[1], hit[0]))[: self.candidates]
+        return pool
 
     # Sessions and counts -----------------------------------------------------------------------
 

@@ -332,24 +332,34 @@ class SQLiteVectors:
         if vector is None or cache.size == 0:
             return None
         vector = np.asarray(vector, dtype=np.float32)
-        if cache.size > THREAD_ABOVE:
-            sims = await anyio.to_thread.run_sync(cache.similarities, vector)
-        else:
-            sims = cache.similarities(vector)
+        # Under the cache's lock, and from here on with a snapshot of what it held: a recall running
+        # at the same time may add vectors (columns) or replace some (their ids) meanwhile.
+        async with cache.lock:
+            size = cache.size
+            if size > THREAD_ABOVE:
+                sims = await anyio.to_thread.run_sync(cache.similarities, vector)
+            else:
+                sims = cache.similarities(vector)
+            ids = cache.ids[:size].copy()
+            rowids = cache.rowids[:size].copy()
         mean = float(sims.mean())
 
         # 1. Candidates: the BM25 matches and the memories most similar to the query.
         best_bm25 = max((-score for _, score in pool), default=0.0) or 1.0
         lexical = {rowid: -score / best_bm25 for rowid, score in pool}
-        take = min(cache.size, DENSE_CANDIDATES if len(where) == 1 else DENSE_CANDIDATES_FILTERED)
-        top = np.argpartition(-sims, take - 1)[:take] if take < cache.size else np.arange(cache.size)
-        similar = [int(r) for r in cache.rowids[top]]
+        take = min(size, DENSE_CANDIDATES if len(where) == 1 else DENSE_CANDIDATES_FILTERED)
+        top = np.argpartition(-sims, take - 1)[:take] if take < size else np.arange(size)
+        similar = [int(r) for r in rowids[top]]
         best = float(sims[top].max())
         spread = best - mean if best > mean else 1.0
 
+        def column(rowid: int) -> int | None:
+            found = cache.row_of.get(rowid)  # a column, once given to a memory, stays its own
+            return found if found is not None and found < size else None
+
         def dense(rowid: int) -> float:
             """The vector part: 0 for an average memory, DENSE_WEIGHT for the most similar one."""
-            row = cache.row_of.get(rowid)
+            row = column(rowid)
             return 0.0 if row is None else DENSE_WEIGHT * (float(sims[row]) - mean) / spread
 
         # 2. Only the best candidates can lift a neighbour into a page: their neighbours are looked up,
@@ -362,8 +372,8 @@ class SQLiteVectors:
         # 3. Scores. A vector counts only if its row is still stored (a neighbour forgotten since the
         # cache loaded it has had it dropped), so the cache's embedding id must match.
         def current(rowid: int, embedding_id: int | None) -> bool:
-            row = cache.row_of.get(rowid)
-            return row is not None and embedding_id == int(cache.ids[row])
+            row = column(rowid)
+            return row is not None and embedding_id == int(ids[row])
 
         scores = {
             r: lexical.get(r, 0.0) + (dense(r) if current(r, e) else 0.0) for r, (_, e) in found.items()
