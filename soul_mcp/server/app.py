@@ -37,7 +37,7 @@ from soul_mcp.models import (
     WakeUp,
 )
 from soul_mcp.server import access
-from soul_mcp.server.live import LiveUpdates
+from soul_mcp.server.live import DOCUMENT_URIS, LiveUpdates
 from soul_mcp.server.state import SelfHolder, Session
 
 P = ParamSpec("P")
@@ -420,6 +420,15 @@ TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [
 # Resources and prompts ------------------------------------------------------------------------
 
 
+RESOURCE_DESCRIPTIONS = {
+    "soul": "The current soul (or the starter text when none is written)",
+    "identity": "The current identity: name, what the agent is, its vibe (empty until written)",
+    "user": "The current user document: facts about the human (empty until written)",
+    "intent": "The current intent: the last session's note for the next",
+    "north_star": "The current north star",
+}
+
+
 def _add_resources(server: MCPServer[Session], holder: SelfHolder) -> None:
     async def current(document: str) -> str:
         try:
@@ -427,30 +436,21 @@ def _add_resources(server: MCPServer[Session], holder: SelfHolder) -> None:
         except SoulError as exc:
             raise ResourceError(str(exc)) from None
 
-    @server.resource("self://soul", name="soul", mime_type="text/markdown",
-                     description="The current soul (or the starter text when none is written)")  # fmt: skip
-    async def soul_resource() -> str:
-        return await current("soul")
+    # One resource per document, at the same URIs live updates announce (self://north-star, ...).
+    for document, uri in DOCUMENT_URIS.items():
 
-    @server.resource("self://intent", name="intent", mime_type="text/markdown",
-                     description="The current intent: the last session's note for the next")  # fmt: skip
-    async def intent_resource() -> str:
-        return await current("intent")
+        def reader(document: str = document) -> Callable[[], Awaitable[str]]:
+            async def read() -> str:
+                return await current(document)
 
-    @server.resource("self://north-star", name="north-star", mime_type="text/markdown",
-                     description="The current north star")  # fmt: skip
-    async def north_star_resource() -> str:
-        return await current("north_star")
+            return read
 
-    @server.resource("self://identity", name="identity", mime_type="text/markdown",
-                     description="The current identity: name, what the agent is, its vibe (empty until written)")  # fmt: skip
-    async def identity_resource() -> str:
-        return await current("identity")
-
-    @server.resource("self://user", name="user", mime_type="text/markdown",
-                     description="The current user document: facts about the human (empty until written)")  # fmt: skip
-    async def user_resource() -> str:
-        return await current("user")
+        server.resource(
+            uri,
+            name=uri.removeprefix("self://"),
+            mime_type="text/markdown",
+            description=RESOURCE_DESCRIPTIONS[document],
+        )(reader())
 
     @server.resource("self://soul/versions/{version}", name="soul-version", mime_type="text/markdown",
                      description="One stored version of the soul")  # fmt: skip
