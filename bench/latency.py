@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -472,6 +473,8 @@ class Workload:
     recalls: list[tuple[str, dict[str, Any]]]
     remembers: list[dict[str, Any]]
     warmup_recalls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    first_recall: dict[str, Any] = field(default_factory=lambda: {"query": "what did we decide"})
+    settle_s: float = 5.0
     warmup_remembers: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -494,10 +497,14 @@ async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
                 raise RuntimeError(f"{name}({arguments}) failed: {result.content[0].text}")
             return elapsed, result
 
+        # The first text recall loads the server's recall index (storage/recall_index.py) and starts
+        # the thread that fetches the commonest words; timed apart, then given SETTLE_S to finish.
+        first_ms, _ = await call("recall", work.first_recall)
         for _, arguments in work.warmup_recalls:
             await call("recall", arguments)
         for arguments in work.warmup_remembers:
             await call("remember", arguments)
+        await asyncio.sleep(work.settle_s)
 
         recall_samples: list[tuple[str, float]] = []
         slowest: list[dict[str, Any]] = []
@@ -513,12 +520,16 @@ async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
                 }
             )
 
+        # Each remember is followed by a recall: what a recall costs right after a write (the
+        # index reads the change log; new memories reach the words it holds).
         remember_ms: list[float] = []
+        after_write_ms: list[float] = []
         duplicates = 0
-        for arguments in work.remembers:
+        for arguments, (_, recall_arguments) in zip(work.remembers, itertools.cycle(work.recalls)):
             ms, result = await call("remember", arguments)
             remember_ms.append(ms)
             duplicates += not result.structured_content["is_new"]
+            after_write_ms.append((await call("recall", recall_arguments))[0])
         rss_after = memory_kb(pid)
 
     slowest.sort(key=lambda s: s["ms"], reverse=True)
@@ -528,6 +539,8 @@ async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
         "recall_slowest": slowest[:10],
         "remember": summary(remember_ms),
         "remember_duplicates": duplicates,
+        "first_recall_ms": round(first_ms, 1),
+        "recall_after_write": summary(after_write_ms),
         "rss_kb": {
             "after_load": rss_loaded["VmRSS"],
             "after_workload": rss_after["VmRSS"],
@@ -541,8 +554,10 @@ def measure_raw(db: Path, work: Workload) -> dict[str, Any]:
     client = RawClient(db)
     try:
         client.handshake()
+        client.call_tool("recall", work.first_recall)
         for _, arguments in work.warmup_recalls:
             client.call_tool("recall", arguments)
+        time.sleep(work.settle_s)
         samples = [
             (category, client.call_tool("recall", arguments)[0]) for category, arguments in work.recalls
         ]
@@ -555,8 +570,10 @@ async def measure_in_process(db: Path, work: Workload) -> dict[str, Any]:
     """The same recalls through AgentSelf.recall in this process: the domain and SQL, no MCP."""
     agent_self = await AgentSelf.open(Settings(db_path=db, semantic=Semantic(mode=SEMANTIC)))
     try:
+        await agent_self.recall(**work.first_recall)
         for _, arguments in work.warmup_recalls:
             await agent_self.recall(**arguments)
+        await asyncio.sleep(work.settle_s)
         samples: list[tuple[str, float]] = []
         for category, arguments in work.recalls:
             started = time.perf_counter()
@@ -732,6 +749,7 @@ async def measure_size(size: int, args: argparse.Namespace, workdir: Path) -> di
         remembers=[corpus.memory_args() for _ in range(args.remembers)],
         warmup_recalls=[corpus.recall_args() for _ in range(args.warmup)],
         warmup_remembers=[corpus.memory_args() for _ in range(3)],
+        settle_s=args.settle,
     )
     # The machine may be shared: the load average says how quiet it was while this size ran.
     result: dict[str, Any] = {"memories": size, "fill": fill_info, "load_before": os.getloadavg()[0]}
@@ -767,6 +785,7 @@ def print_report(report: dict[str, Any]) -> None:
         lines = (
             ("remember, SDK stdio", row["sdk"]["remember"]),
             ("recall, SDK stdio", row["sdk"]["recall"]),
+            ("recall after remember", row["sdk"]["recall_after_write"]),
             ("recall, raw stdio", row["raw"]["recall"]),
             ("recall, in-process", row["in_process"]["recall"]),
         )
@@ -808,6 +827,9 @@ def print_report(report: dict[str, Any]) -> None:
             f"{rss['after_workload'] / 1024:>6.1f}MB {rss['peak'] / 1024:>6.1f}MB  "
             f"{_mark(raw['median_s'], TARGETS['cold_start_s'])}"
         )
+    print("\nfirst text recall after start (loads the recall index; SDK stdio), ms")
+    for row in report["sizes"]:
+        print(f"{row['memories']:>9,}  {row['sdk']['first_recall_ms']:>8.1f}")
 
     imports = report.get("imports")
     if imports:
@@ -862,6 +884,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=500, help="timed recall calls per size")
     parser.add_argument("--remembers", type=int, default=200, help="timed remember calls per size")
     parser.add_argument("--warmup", type=int, default=10, help="untimed recall calls first")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="seconds to wait after the warm-up, while the server fetches the commonest words",
+    )
     parser.add_argument("--cold-runs", type=int, default=10, help="cold starts per client kind and size")
     parser.add_argument(
         "--mode",

@@ -131,6 +131,30 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX memories_when_kind ON memories (rowid, occurred_at, kind);
     """,
+    # 5: a log of the memories whose place in recall may have changed: stored, forgotten, restored,
+    # superseded or purged. Each process keeps what recall ranks in memory (storage/recall_index.py)
+    # and reads only the entries above the last sequence number it applied. AUTOINCREMENT: a
+    # sequence number is never given twice, even if the log is ever trimmed.
+    """
+    CREATE TABLE memory_changes (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        memory_rowid INTEGER NOT NULL
+    );
+    CREATE TRIGGER memory_changes_insert AFTER INSERT ON memories BEGIN
+        INSERT INTO memory_changes (memory_rowid) VALUES (new.rowid);
+    END;
+    CREATE TRIGGER memory_changes_status AFTER UPDATE OF status ON memories
+    WHEN old.status <> new.status BEGIN
+        INSERT INTO memory_changes (memory_rowid) VALUES (new.rowid);
+    END;
+    CREATE TRIGGER memory_changes_delete AFTER DELETE ON memories BEGIN
+        INSERT INTO memory_changes (memory_rowid) VALUES (old.rowid);
+    END;
+
+    -- How many memories hold each word of the full-text index (a view of it, no storage of its
+    -- own): recall fetches the commonest words ahead.
+    CREATE VIRTUAL TABLE memories_vocab USING fts5vocab (memories_fts, row);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,17 +12,15 @@ processes share the file):
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import math
 import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import anyio
@@ -40,8 +38,12 @@ from soul_mcp.models import (
     TokenInfo,
 )
 from soul_mcp.storage.base import RANKED_MAX, SearchHit, SearchQuery
+from soul_mcp.storage.recall_index import RecallIndex
 from soul_mcp.storage.schema import MIGRATIONS, SCHEMA_VERSION, split_statements
 from soul_mcp.storage.sqlite_vectors import SQLiteVectors
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +60,6 @@ CANDIDATES = RANKED_MAX
 NEIGHBOUR_WEIGHT = 0.5
 # Only the best matches can lift a neighbour into a page, so only theirs are looked up.
 LENDERS = 50
-# Recall at 100k memories. bm25 costs ~1 µs for every memory a MATCH yields, and a word held by
-# thousands of memories would make one MATCH of all the query's words score thousands, mostly to
-# rank them low (a common word weighs little: low idf). So the words are taken rarest first, at
-# least RARE_MIN memories' worth and then as many as fit in RARE_ROWS; the memories holding those
-# are scored first (with the whole query's scores). The other words then only bring in the memories
-# that could still reach the first EXACT_TOP: bm25 gives a word at most BM25_TF_MAX times its idf,
-# so memories whose words add up to less than the EXACT_TOP-th score so far are never scored. The
-# first EXACT_TOP by own score are thus exactly those of the single MATCH; past them, a memory
-# holding only common words may be missing from the pool (and then lends nothing to its
-# neighbours). Measured with bench/latency.py's queries at 100k: the first ten hits overlap 99.3 %
-# with the single MATCH's, and recall in process is 2.7x faster at p50, 2.1x at p95
-# (bench/README.md has the numbers).
-RARE_MIN = 30
-RARE_ROWS = 1_500
-EXACT_TOP = 10
-# bm25's term-frequency factor tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)) stays below
-# k1 + 1 (FTS5: k1 = 1.2, b = 0.75): a word adds less than this many times its idf to a score.
-BM25_TF_MAX = 2.2
-# With more words left than this, their combinations are not listed: all their memories are scored.
-MAX_COMBINED = 6
-# A date range holding fewer memories than this is gathered first and matches are looked up in it;
-# a longer one is tested match by match (through the index memories_when_kind).
-DATE_SET_MAX = 5_000
-# Word counts kept between recalls while nothing is written (see SQLiteStore._counts).
-COUNTS_KEPT = 10_000
-# bm25 column weights: content, tags, about (kind and date words).
-BM25 = "bm25(memories_fts, 1.0, 0.5, 0.5)"
 MONTHS = ("January February March April May June July August September October November December").split()
 WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 
@@ -157,13 +132,9 @@ def _token(row: tuple[Any, ...]) -> TokenInfo:
 class SQLiteStore(SQLiteVectors):
     """A `Store` over one SQLite file. Open with `await SQLiteStore.open(path)`."""
 
-    # How many matches a text search ranks, and the thresholds of the rare-word path (see RARE_MIN);
-    # per store, so that a test can make each path run on a small database.
+    # How many matches a text search ranks; per store, so that a test can page past it on a small
+    # database.
     candidates: int = CANDIDATES
-    rare_min: int = RARE_MIN
-    rare_rows: int = RARE_ROWS
-    exact_top: int = EXACT_TOP
-    date_set_max: int = DATE_SET_MAX
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self.path = path
@@ -173,9 +144,8 @@ class SQLiteStore(SQLiteVectors):
         self._read_lock = anyio.Lock()
         # The schema version the file had when this process migrated it (None: already current).
         self.migrated_from: int | None = None
-        # Recall's word counts, kept while the database is unchanged (see _counts).
-        self._word_counts: dict[str, int] = {}
-        self._counted_at: int | None = None
+        # What full-text recall ranks, loaded at the first text search (see recall_index.py).
+        self._index: RecallIndex | None = None
 
     @classmethod
     async def open(cls, path: str | Path, synchronous: str = "FULL") -> SQLiteStore:
@@ -200,6 +170,8 @@ class SQLiteStore(SQLiteVectors):
         return store
 
     async def close(self) -> None:
+        if self._index is not None:
+            await anyio.to_thread.run_sync(self._index.stop_prefill)
         await self._reader.close()
         await self._writer.close()
 
@@ -475,209 +447,68 @@ class SQLiteStore(SQLiteVectors):
         return [SearchHit(_memory(row), 0.0) for row in rows]
 
     async def _search_text(self, query: SearchQuery) -> list[SearchHit]:
-        # 1. The best full-text matches (bm25 is negative: lower is better), the same pool of
-        # `candidates` whatever page is asked for.
-        pool = await self._ranked(query)
+        # 1. The best full-text matches, the same pool of `candidates` whatever page is asked for.
+        index = self._recall_index()
+        async with index.lock:
+            await index.refresh(self._fetchall)
+            index.start_prefill(self.path)
+            words = await index.postings(self._fetchall, query.terms)
+            filters = await self._index_filters(index, query)
+            rowids, scores = index.rank(words, self.candidates, **filters)
+            if query.vector is None:
+                # 2. Their neighbours in storage order, when stored in the same context.
+                ranked, totals, lenders = index.with_neighbours(
+                    rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
+                )
         if query.vector is not None:  # hybrid recall (sqlite_vectors.py), when there are embeddings
+            pool = list(zip(rowids.tolist(), (-scores).tolist(), strict=True))  # bm25 as FTS5 gives it
             hybrid = await self._search_hybrid(query, pool)
             if hybrid is not None:
                 return hybrid
-        own = {rowid: -score for rowid, score in pool}
-        # 2. Their neighbours in storage order, when stored in the same context. Only the best
-        # matches lend to a neighbour outside the pool, but any two matches side by side lend to
-        # each other; a context is read only where one of these can happen.
-        lenders = [rowid for rowid, _ in pool[:LENDERS]]
-        near = {r + step for r in lenders for step in (-1, 1)} - own.keys()
-        receivers = own.keys() | near
-        needed = near | {r for r in own if r - 1 in receivers or r + 1 in receivers}
-        where, params = self._row_filters(query)
-        tags, tag_params = self._tag_filter(query, "m.rowid", each=True)
-        filters = " AND ".join(["m.status = 'active'", *where, *tags])
-        context: dict[int, tuple[str, str | None, str]] = {}
-        for chunk in _chunks(sorted(needed), 500):
-            rows = await self._fetchall(
-                # NOT INDEXED: without ANALYZE statistics the planner takes "status = 'active'" for
-                # selective and walks an index over every active memory instead of these few rowids.
-                "SELECT m.rowid, m.author, m.session_id, substr(m.occurred_at, 1, 10) "
-                f"FROM memories m NOT INDEXED WHERE m.rowid IN ({', '.join('?' * len(chunk))}) AND {filters}",
-                [*chunk, *params, *tag_params],
-            )
-            context.update({rowid: (author, session, day) for rowid, author, session, day in rows})
-        scores = dict(own)  # a match with no match or lender beside it keeps its own score
-        lent_by: dict[int, int] = {}
-        for rowid in context:
-            total = own.get(rowid, 0.0)
-            best_lender, best_lent = None, 0.0
-            for other in (rowid - 1, rowid + 1):
-                if other in own and context.get(other) == context[rowid]:
-                    lent = NEIGHBOUR_WEIGHT * own[other]
-                    total += lent
-                    if lent > best_lent:
-                        best_lender, best_lent = other, lent
-            if total > 0:
-                scores[rowid] = total
-                if rowid not in own and best_lender is not None:
-                    lent_by[rowid] = best_lender
-        ranked = sorted(scores, key=lambda r: (-scores[r], -r))[query.offset : query.offset + query.limit]
-        if not ranked:
+            async with index.lock:
+                ranked, totals, lenders = index.with_neighbours(
+                    rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
+                )
+        page = slice(query.offset, query.offset + query.limit)
+        shown = ranked[page].tolist()
+        if not shown:
             return []
-        needed_rows = ranked + [lent_by[r] for r in ranked if r in lent_by]
+        score_of = dict(zip(shown, totals[page].tolist(), strict=True))
+        lent_by = {r: lent for r, lent in zip(shown, lenders[page].tolist(), strict=True) if lent}
+        needed = shown + list(lent_by.values())
         rows = await self._fetchall(
-            f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m "
-            f"WHERE m.rowid IN ({', '.join('?' * len(needed_rows))})",
-            needed_rows,
+            f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m WHERE m.rowid IN ({', '.join('?' * len(needed))})",
+            needed,
         )
         memories = {row[0]: _memory(row[1:]) for row in rows}
         return [
-            SearchHit(memories[r], scores[r], memories[lent_by[r]].id if r in lent_by else None)
-            for r in ranked
+            SearchHit(
+                memories[r], score_of[r], memories[lent_by[r]].id if lent_by.get(r) in memories else None
+            )
+            for r in shown
+            if r in memories  # a memory purged since the index was read is left out
         ]
 
-    async def _counts(
-        self, quoted: list[str], in_range: str, params: list[Any]
-    ) -> tuple[int, int, dict[str, int]]:
-        """max(rowid), the `in_range` count, and how many memories hold each of the `quoted` words.
+    async def _index_filters(self, index: RecallIndex, query: SearchQuery) -> dict[str, Any]:
+        """The query's filters in the form RecallIndex.keep takes them."""
+        import numpy as np
 
-        Counting a word's memories costs ~1/30 of scoring them, but for a common word that is still
-        ~0.3 ms, so counts are kept while nothing is written (PRAGMA data_version moves with every
-        commit, from this process or another). max(rowid) stands for the number of memories: never
-        fewer, which keeps the bounds in `_ranked` on the safe side.
-        """
-        count = "(SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?)"
-        kept = self._word_counts
-        # A copy taken before the await: a concurrent recall may clear `kept` meanwhile.
-        known = {term: kept[term] for term in quoted if term in kept}
-        todo = [term for term in quoted if term not in known]
-        version, size, dated, *fresh = await self._fetchone(
-            "SELECT (SELECT data_version FROM pragma_data_version()), (SELECT max(rowid) FROM memories), "
-            + ", ".join([in_range, *[count] * len(todo)]),
-            [*params, *todo],
-        ) or (None, 0, 0)
-        counts = dict(zip(todo, fresh, strict=True))
-        stale = [term for term in quoted if term not in counts]
-        if version != self._counted_at:  # something was written: what was kept may be off
-            kept.clear()
-            self._counted_at = version
-            if stale:
-                recounted = await self._fetchone("SELECT " + ", ".join([count] * len(stale)), stale) or ()
-                counts.update(zip(stale, recounted, strict=True))
-        else:
-            counts.update((term, known[term]) for term in stale)
-        if len(kept) > COUNTS_KEPT:
-            kept.clear()
-        kept.update(counts)
-        return size or 0, dated, {term: counts[term] for term in quoted}
-
-    async def _ranked(self, query: SearchQuery) -> list[tuple[int, float]]:
-        """The best `candidates` full-text matches that pass the filters: (rowid, bm25), best first.
-
-        The first `exact_top` are exactly those of one MATCH of all the words; past them, a query
-        mixing rare and common words may leave out memories holding only common words (see
-        RARE_MIN).
-        """
-        # Each term is quoted, so nothing the caller typed is read as FTS5 syntax.
-        quoted = ['"' + term.replace('"', '""') + '"' for term in query.terms]
-        dates, date_params = self._date_filter(query)
-        date_range = " AND ".join(["m.status = 'active'", *dates])
-        in_range = f"(SELECT count(*) FROM (SELECT 1 FROM memories m WHERE {date_range} LIMIT {int(self.date_set_max)}))"
-        size, dated, counts = await self._counts(quoted, in_range if dates else "0", date_params)
-        # A word no memory holds adds nothing to any score: it is left out of the MATCH.
-        found = sorted((count, term) for term, count in counts.items() if count)
-        if not found:
-            return []
-
-        # The filters. Those on the index's rowid are tested before the memory is read: the tag
-        # set, and the date range when short ("+" keeps SQLite from handing such a set to FTS5 as
-        # one full-text query per rowid). The others are answered by the index memories_when_kind
-        # (a seek by rowid into just those columns); CROSS JOIN keeps the full-text index the
-        # outer loop.
-        where = ["memories_fts MATCH ?"]
-        params: list[Any] = []
-        tag_where, tag_params = self._tag_filter(query, "+memories_fts.rowid")
-        where += tag_where
-        params += tag_params
-        date_set = bool(dates) and dated < self.date_set_max
-        if date_set:
-            where.append(f"+memories_fts.rowid IN (SELECT m.rowid FROM memories m WHERE {date_range})")
-            params += date_params
-        row_where, row_params = self._row_filters(query, dates=not date_set)
-        where += row_where
-        params += row_params
-        covering = "" if query.exclude_ids else " INDEXED BY memories_when_kind"
-        join = f" CROSS JOIN memories m{covering} ON m.rowid = memories_fts.rowid" if row_where else ""
-        hits = f"SELECT memories_fts.rowid AS rowid, {BM25} AS score FROM memories_fts{join} WHERE {' AND '.join(where)}"
-        best = f"ORDER BY score, rowid LIMIT {int(self.candidates)}"
-
-        rare: list[str] = []
-        covered = 0
-        for count, term in found:  # rarest first: enough memories, then as many as the budget allows
-            if covered >= self.rare_min and covered + count > self.rare_rows:
-                break
-            rare.append(term)
-            covered += count
-        rest = found[len(rare) :]
-        if not rest or query.tags or date_set:
-            # A tag or a short date range leaves few memories to score: one MATCH of all the words.
-            return await self._fetchall(f"{hits} {best}", [" OR ".join(term for _, term in found), *params])
-
-        async def holding(words: list[str], others: list[str], scored: list[str]) -> list[tuple[int, float]]:
-            """The memories holding one of `words` and none of `scored`, with the whole query's scores.
-
-            bm25 sums over the words in the MATCH, and a word a memory lacks adds nothing: so those
-            that also hold one of the `others` are matched with every word, and the rest with fewer,
-            which costs FTS5 less (it walks each word's memories once per MATCH to weigh it).
-            """
-            without = f" NOT ({' OR '.join(scored)})" if scored else ""
-            some = f"({' OR '.join(words)})"
-            if not others:
-                return await self._fetchall(f"{hits} {best}", [some + without, *params])
-            return await self._fetchall(
-                f"WITH both_kinds AS MATERIALIZED ({hits}) SELECT rowid, score FROM both_kinds UNION ALL "
-                f"{hits} AND +memories_fts.rowid NOT IN (SELECT rowid FROM both_kinds) {best}",
-                [f"({some} AND ({' OR '.join(others)})){without}", *params, some + without, *params],
+        filters: dict[str, Any] = {"since": query.since, "until": query.until, "kind": query.kind}
+        if query.tags:
+            filters["within"] = await index.tagged(self._fetchall, query.tags)
+        if query.exclude_ids:
+            rows = await self._fetchall(
+                f"SELECT rowid FROM memories WHERE id IN ({', '.join('?' * len(query.exclude_ids))}) "
+                "ORDER BY rowid",
+                list(query.exclude_ids),
             )
+            filters["without"] = np.array([r for (r,) in rows], dtype=np.int64)
+        return filters
 
-        # 1. The memories holding a rare word.
-        pool = await holding(rare, [term for _, term in rest], [])
-        scored = rare
-        # 2. The others, as far as they could reach the first `exact_top`. bm25 gives a word at most
-        # idf * (k1 + 1): a word that alone could reach the score to beat has all its memories
-        # scored (then the score to beat rises); words that only could together are looked for
-        # together; the memories of the rest never get there.
-        while rest:
-            enough = min(self.exact_top, self.candidates)
-            to_beat = -pool[enough - 1][1] if len(pool) >= enough else 0.0
-            bounds = [(term, BM25_TF_MAX * _idf(size, count)) for count, term in rest]
-            reaching = _combinations_reaching(bounds, to_beat)
-            if not reaching:
-                break
-            alone = [term for _, term in rest if () in reaching or (term,) in reaching]
-            if alone:
-                rest = [(count, term) for count, term in rest if term not in alone]
-                found_now = await holding(alone, [term for _, term in rest], scored)
-                scored = [*scored, *alone]
-            else:
-                without = f" NOT ({' OR '.join(scored)})"
-                together = [f"({' AND '.join(terms)})" for terms in reaching]
-                if len(reaching) == 1 and len(reaching[0]) == len(rest):
-                    # One combination of all the words left: matched as such, each word once (so
-                    # that bm25 counts it once).
-                    found_now = await self._fetchall(f"{hits} {best}", [together[0] + without, *params])
-                else:
-                    # Several: the memories holding any word left are walked, and only those holding
-                    # a combination are scored.
-                    found_now = await self._fetchall(
-                        f"{hits} AND +memories_fts.rowid IN "
-                        f"(SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?) {best}",
-                        [
-                            f"({' OR '.join(term for _, term in rest)}){without}",
-                            *params,
-                            f"({' OR '.join(together)}){without}",
-                        ],
-                    )
-                rest = []
-            pool = sorted(pool + found_now, key=lambda hit: (hit[1], hit[0]))[: self.candidates]
-        return pool
+    def _recall_index(self) -> RecallIndex:
+        if self._index is None:
+            self._index = RecallIndex()
+        return self._index
 
     # Sessions and counts -----------------------------------------------------------------------
 
@@ -920,30 +751,6 @@ def _sync_folder(folder: Path) -> None:
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _idf(rows: int, holding: int) -> float:
-    """bm25's weight for a word that `holding` of `rows` memories hold, as FTS5 computes it."""
-    return max(math.log((rows - holding + 0.5) / (holding + 0.5)), 1e-6)
-
-
-def _combinations_reaching(bounds: list[tuple[str, float]], score: float) -> list[tuple[str, ...]]:
-    """The smallest combinations of words whose `bounds` add up to `score` or more.
-
-    [] when even all of them fall short; [()] when any memory may reach it (a score of 0, or too
-    many words to list the combinations). A memory holding a larger combination holds one of these.
-    """
-    if score <= 0 or len(bounds) > MAX_COMBINED:
-        return [()]
-    reaching: list[tuple[str, ...]] = []
-    for size in range(1, len(bounds) + 1):
-        for chosen in itertools.combinations(bounds, size):
-            terms = tuple(term for term, _ in chosen)
-            if sum(bound for _, bound in chosen) >= score and not any(
-                set(smaller) <= set(terms) for smaller in reaching
-            ):
-                reaching.append(terms)
-    return reaching
 
 
 async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
