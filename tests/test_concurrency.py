@@ -141,3 +141,37 @@ async def test_servers_opening_a_new_file_at_the_same_moment_migrate_it_once(tmp
     assert facts["user_version"] == SCHEMA_VERSION
     assert "memories" in facts["tables"] and "document_versions" in facts["tables"]
     assert sorted(facts["contents"]) == sorted(f"Host {n} was here first" for n in range(PROCESSES))
+
+
+async def test_a_server_recalls_what_another_server_just_wrote(db_path: Path) -> None:
+    # Each server ranks from what it keeps in memory (storage/recall_index.py); the other's writes
+    # must reach it at once: new memories found, forgotten ones gone, restored ones back.
+    async def ids(client: Client, query: str) -> list[str]:
+        result = await client.call_tool("recall", {"query": query, "limit": 50})
+        assert not result.is_error, result.content
+        return [hit["id"] for hit in result.structured_content["hits"]]  # type: ignore[index]
+
+    async def remember(client: Client, content: str) -> str:
+        result = await client.call_tool("remember", {"content": content})
+        assert not result.is_error, result.content
+        return result.structured_content["memory"]["id"]  # type: ignore[index]
+
+    with anyio.fail_after(60):
+        async with Client(stdio_params(db_path)) as reader, Client(stdio_params(db_path)) as writer:
+            first = await remember(writer, "The garden needs water on Mondays")
+            assert await ids(reader, "garden water") == [first]  # the reader now keeps "garden"
+            second = await remember(writer, "Maya planted tomatoes in the garden")
+            assert set(await ids(reader, "garden water")) == {first, second}
+            forgotten = await writer.call_tool("forget", {"memory_id": first, "reason": "moved house"})
+            assert not forgotten.is_error
+            assert await ids(reader, "garden water") == [second]
+            await writer.call_tool(
+                "revise_memory",
+                {
+                    "memory_id": second,
+                    "content": "Maya planted beans in the garden",
+                    "reason": "it was beans",
+                },
+            )
+            found = await ids(reader, "garden beans tomatoes")
+            assert second not in found and len(found) == 1

@@ -324,3 +324,67 @@ def test_semantic_settings_that_cannot_work_are_refused_with_what_to_set(
     )  # fmt: skip
     assert done.returncode != 0
     assert message in done.stderr
+
+
+@pytest.mark.anyio
+async def test_a_vector_dropped_by_another_process_stops_counting_at_once(db_path: Path) -> None:
+    # Forgetting a memory drops its neighbours' embeddings (they hold its words) until the indexer
+    # stores them again. A server that holds the vectors in memory must stop using the dropped ones
+    # at once, even when the forget came from another process. No indexer runs here: the vectors are
+    # the stub's, saved by hand, so nothing is embedded again behind the test's back.
+    import numpy as np
+
+    from soul_mcp.core.text import content_key
+    from soul_mcp.models import NewMemory
+    from soul_mcp.storage.base import QueryVector, SearchQuery
+    from soul_mcp.storage.sqlite import SQLiteStore
+
+    model = "stub-concepts"
+    server, other = await SQLiteStore.open(db_path), await SQLiteStore.open(db_path)
+    try:
+        ids = []
+        for content in [
+            "We got a puppy today",
+            "She chews on every shoe in the flat",
+            "Quarterly report due",
+        ]:
+            memory, _ = await other.add_memory(
+                NewMemory(
+                    content=content, content_key=content_key(content), kind="event", tags=[],
+                    importance=3, occurred_at="2024-05-08T10:00:00Z", author="tester", session_id="s1",
+                ),
+                "2024-05-08T10:00:00Z",
+            )  # fmt: skip
+            ids.append(memory.id)
+        puppy, shoe, report = ids
+        jobs, _ = await other.pending_embeddings(model, 10)
+        vectors = np.array([stub_vector(job.text) for job in jobs], dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        assert await other.save_embeddings(model, jobs, vectors) == 3
+
+        async def found(words: tuple[str, ...]) -> list[str]:
+            query = np.array(stub_vector(" ".join(words)), dtype=np.float32)
+            vector = QueryVector(model, query / np.linalg.norm(query))
+            hits = await server.search(SearchQuery(terms=words, vector=vector, limit=10))
+            return [hit.memory.id for hit in hits]
+
+        # "dogs" is in no memory: only the vectors find them. The shoe's text held the puppy's words.
+        assert {puppy, shoe} <= set(await found(("dogs",)))
+        await other.set_memory_status(
+            puppy, "forgotten", "not true", "2024-05-09T10:00:00Z", expect=("active",)
+        )
+        assert set(await found(("dogs",))) & {puppy, shoe} == set()
+        # The shoe, beside it, is embedded again without its words; the server takes the new vector.
+        jobs, _ = await other.pending_embeddings(model, 10)
+        assert [job.memory_id for job in jobs] == [shoe]
+        vectors = np.array([stub_vector(job.text) for job in jobs], dtype=np.float32)
+        await other.save_embeddings(model, jobs, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+        assert report in await found(("quarterly",))
+        cache = server._vector_caches[model]  # type: ignore[index]
+        (shoe_rowid,) = (
+            sqlite3.connect(db_path).execute("SELECT rowid FROM memories WHERE id = ?", (shoe,)).fetchone()
+        )
+        assert shoe_rowid in cache.row_of
+    finally:
+        await server.close()
+        await other.close()

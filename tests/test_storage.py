@@ -540,3 +540,23 @@ async def test_writes_of_another_connection_reach_the_ranking(
         await check()
     finally:
         await other.close()
+
+
+async def test_many_changes_at_once_are_read_whole(
+    scale_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from soul_mcp.storage import recall_index
+
+    terms = ["zebra", "garden", "imported"]
+    same_ranking(await recalled(scale_store, terms, limit=500), plain_ranking(db_path, terms))
+    # Another process imports a batch larger than RELOAD_ABOVE: the columns are read again whole.
+    monkeypatch.setattr(recall_index, "RELOAD_ABOVE", 5)
+    other = await SQLiteStore.open(db_path, synchronous="OFF")
+    try:
+        for n in range(12):
+            await other.add_memory(new(f"imported zebra note {n}", session=f"import{n}"), NOW)
+    finally:
+        await other.close()
+    epoch = scale_store._index.epoch  # type: ignore[union-attr]
+    same_ranking(await recalled(scale_store, terms, limit=500), plain_ranking(db_path, terms))
+    assert scale_store._index.epoch > epoch  # type: ignore[union-attr]

@@ -61,8 +61,13 @@ POSTINGS_KEPT = 3_000_000  # ~48 MB: every word of 100k memories fits
 STALE_SHARE = 0.05
 ROWS_PER_QUERY = 800  # rowids per IN (...): SQLite before 3.32 allows 999 variables in all
 WORDS_PER_QUERY = 50
-# Words held by at least this many memories are fetched ahead by the prefill thread.
+# Words held by at least this many memories are fetched ahead by the prefill thread, until the
+# postings it fetched reach PREFILL_SHARE of POSTINGS_KEPT.
 PREFILL_MIN = 50
+PREFILL_SHARE = 0.8
+# More changed memories than this at once: the columns are read again whole.
+RELOAD_ABOVE = 20_000
+CHANGED_KEPT = 100_000  # the change feed for the vector caches (changes_since)
 
 
 def idf(memories: int, matches: int) -> float:
@@ -115,9 +120,20 @@ class Tokens:
 
 class RecallIndex:
     def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.epoch = 0  # moves when every word's postings are dropped
+        self._prefill: Prefill | None = None
+        self.tokens = Tokens()
+        # Rowids of memories that changed after they were stored (status, purge): a feed for what
+        # keeps things per memory elsewhere (the vector caches), read with changes_since.
+        self.changed: list[int] = []
+        self.changed_start = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        """Forget everything read from the database: the next refresh reads it whole."""
         import numpy as np
 
-        self.lock = anyio.Lock()
         self.loaded = False
         self.seq = 0  # the last memory_changes entry applied
         self.top = 0  # the highest rowid known
@@ -130,10 +146,11 @@ class RecallIndex:
         self.kinds: dict[str, int] = {}
         self.words: OrderedDict[str, Postings] = OrderedDict()  # least recently used first
         self.kept = 0
-        self.epoch = 0  # moves when every word's postings are dropped
         self.tags: dict[str, Postings] = {}  # tag -> its memories (scores unused)
-        self._prefill: Prefill | None = None
-        self.tokens = Tokens()
+        self.epoch += 1
+        # Anything may have changed: followers of the feed start over.
+        self.changed_start += len(self.changed) + 1
+        self.changed = []
 
     # Keeping up with the database -----------------------------------------------------------
 
@@ -157,6 +174,10 @@ class RecallIndex:
                 "SELECT DISTINCT memory_rowid FROM memory_changes WHERE seq > ? AND seq <= ?", (self.seq, seq)
             )
         ]
+        if len(changed) > RELOAD_ABOVE:  # e.g. another process imported a workspace: read it all
+            self._clear()
+            await self.refresh(fetch)
+            return
         rows: list[tuple[Any, ...]] = []
         for start in range(0, len(changed), ROWS_PER_QUERY):
             chunk = changed[start : start + ROWS_PER_QUERY]
@@ -186,7 +207,21 @@ class RecallIndex:
             self.tags.clear()
             self.kept = 0
             self.epoch += 1
+        # Memories that were there before and changed (status, or purged): what else keeps things
+        # per memory (the vector caches) looks at them again.
+        self.changed += [r for r in changed if r <= top_before]
+        if len(self.changed) > CHANGED_KEPT:
+            self.changed_start += len(self.changed)
+            self.changed = []
         self.seq = seq
+
+    def changes_since(self, position: int) -> tuple[list[int] | None, int]:
+        """The rowids of memories that changed since `position` of this feed (None when that is
+        too far back: start over), and the position to ask from next time."""
+        end = self.changed_start + len(self.changed)
+        if position < self.changed_start:
+            return None, end
+        return self.changed[position - self.changed_start :], end
 
     def _grow(self, top: int) -> None:
         import numpy as np
@@ -414,7 +449,8 @@ def _moments(stored: list[str]) -> np.ndarray:
     20240508143000."""
     import numpy as np
 
-    digits = np.frombuffer("".join(stored).encode("ascii", "replace"), dtype=np.uint8).reshape(-1, 20)
+    text = "".join(moment[:20].ljust(20, "0") for moment in stored)  # any other form: still 20 wide
+    digits = np.frombuffer(text.encode("ascii", "replace"), dtype=np.uint8).reshape(-1, 20)
     digits = digits[:, [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]].astype(np.int64) - ord("0")
     return digits @ (10 ** np.arange(13, -1, -1, dtype=np.int64))
 
@@ -494,6 +530,7 @@ class Prefill:
                 )
             ]
             tokens = Tokens()
+            entries = 0
             for term in terms:
                 if self._stop.is_set():
                     return
@@ -512,6 +549,9 @@ class Prefill:
                 with self._lock:
                     self._done.append((term, Postings(rowids, parts, self.top, self.memories)))
                 self.fetched += 1
+                entries += len(rowids)
+                if entries > PREFILL_SHARE * POSTINGS_KEPT:
+                    return
         except sqlite3.Error as exc:  # e.g. the file was removed: recalls fetch words themselves
             log.warning("recall prefill stopped: %s", exc)
         finally:

@@ -461,8 +461,7 @@ class SQLiteStore(SQLiteVectors):
                     rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
                 )
         if query.vector is not None:  # hybrid recall (sqlite_vectors.py), when there are embeddings
-            pool = list(zip(rowids.tolist(), (-scores).tolist(), strict=True))  # bm25 as FTS5 gives it
-            hybrid = await self._search_hybrid(query, pool)
+            hybrid = await self._search_hybrid(query, index, rowids, scores, filters)
             if hybrid is not None:
                 return hybrid
             async with index.lock:

@@ -24,6 +24,10 @@ fusion in the experiments behind this design (RRF throws away how far ahead the 
 Exact search: all vectors of the model are held in memory as one float32 matrix (VectorCache), per
 process, and refreshed incrementally by embedding row id, which only grows; the cost is one
 matrix-vector product per query (5 to 8 ms at 100k memories on the 2-core machine of bench/).
+Vectors dropped from the table (a neighbour changed status, a memory was purged) are found through
+the recall index's change feed (RecallIndex.changes_since): only the memories beside a change are
+checked against the table. Filters and contexts come from the recall index too, so a hybrid recall
+reads no memory rows but the page it returns.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
     import aiosqlite
     import numpy as np
 
+    from soul_mcp.storage.recall_index import RecallIndex
+
 log = logging.getLogger(__name__)
 
 NEIGHBOUR_CHARS = 500
@@ -56,8 +62,6 @@ HYBRID_LENDERS = 100
 THREAD_ABOVE = 20_000
 LOAD_BATCH = 20_000
 LOOKUP_CHUNK = 800  # rowids per IN (...): SQLite before 3.32 allows 999 variables in all
-
-Context = tuple[str, str | None, str]  # author, session id, day
 
 
 def text_hash(text: str) -> str:
@@ -88,6 +92,14 @@ class VectorCache:
         self.rowids: Any = None
         self.row_of: dict[int, int] = {}  # memory rowid -> matrix column
         self.expected: int | None = None  # how many vectors the first load brings
+        self.changes_seen = 0  # position in the recall index's change feed
+
+    def drop(self, rowids: list[int]) -> None:
+        """Forget these memories' vectors (their columns stay, marked with rowid 0)."""
+        for rowid in rowids:
+            column = self.row_of.pop(rowid, None)
+            if column is not None:
+                self.rowids[column] = 0
 
     def add(self, rows: list[tuple[int, int, int, bytes]]) -> None:
         """Rows (embedding id, memory rowid, dims, vector) in id order: new memories are appended,
@@ -146,9 +158,6 @@ class SQLiteVectors:
     if TYPE_CHECKING:
         _fetchall: Callable[..., Awaitable[list[tuple[Any, ...]]]]
         _transaction: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
-
-        @staticmethod
-        def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]: ...
 
     _vector_caches: dict[str, VectorCache] | None = None
 
@@ -289,11 +298,30 @@ class SQLiteVectors:
 
     # Hybrid recall ----------------------------------------------------------------------------
 
-    async def _vector_cache(self, model: str) -> VectorCache:
+    async def _vector_cache(self, model: str, index: RecallIndex) -> VectorCache:
+        """The model's vectors, brought up to date: new ones loaded, and those of memories beside a
+        memory that changed since the last call checked against the table (a status change drops
+        the neighbours' embeddings; the indexer stores them again under new ids)."""
         if self._vector_caches is None:
             self._vector_caches = {}
         cache = self._vector_caches.setdefault(model, VectorCache(model))
         async with cache.lock:
+            changed, cache.changes_seen = index.changes_since(cache.changes_seen)
+            if changed is None and cache.size:  # too much changed to follow: load it all again
+                cache = self._vector_caches[model] = VectorCache(model)
+                cache.changes_seen = index.changes_since(0)[1]
+            elif changed:
+                near = sorted({r + step for r in changed for step in (-1, 0, 1)} & cache.row_of.keys())
+                for start in range(0, len(near), LOOKUP_CHUNK):
+                    chunk = near[start : start + LOOKUP_CHUNK]
+                    stored = dict(
+                        await self._fetchall(
+                            "SELECT memory_rowid, id FROM memory_embeddings WHERE model = ? "
+                            f"AND memory_rowid IN ({', '.join('?' * len(chunk))})",
+                            [model, *chunk],
+                        )
+                    )
+                    cache.drop([r for r in chunk if stored.get(r) != int(cache.ids[cache.row_of[r]])])
             if cache.expected is None:  # the first load: room for all at once, not grown by doubling
                 (cache.expected,) = (
                     await self._fetchall("SELECT count(*) FROM memory_embeddings WHERE model = ?", [model])
@@ -311,118 +339,96 @@ class SQLiteVectors:
         return cache
 
     async def _search_hybrid(
-        self, query: SearchQuery, pool: list[tuple[int, float]]
+        self,
+        query: SearchQuery,
+        index: RecallIndex,
+        rowids: np.ndarray,
+        scores: np.ndarray,
+        filters: dict[str, Any],
     ) -> list[SearchHit] | None:
-        """The hybrid ranking of a text query whose BM25 matches are `pool` ((rowid, bm25), best
-        first, bm25 negative as FTS5 gives it); None when the query has no vector or no memory has
-        an embedding by its model: then BM25 ranks alone."""
+        """The hybrid ranking of a text query whose BM25 matches are `rowids` with `scores` (best
+        first, from RecallIndex.rank) under `filters` (RecallIndex.keep's); None when the query has
+        no vector or no memory has an embedding by its model: then BM25 ranks alone."""
         import numpy as np
 
+        from soul_mcp.storage.recall_index import lend
         from soul_mcp.storage.sqlite import MEMORY_COLUMNS, NEIGHBOUR_WEIGHT, _memory
 
         assert query.vector is not None
-        model = query.vector.model
-        where, params = self._filters(query)
-        filters = " AND ".join(where)
-        # While the query is still being embedded: new vectors, and what is known of the BM25 matches.
-        cache = await self._vector_cache(model)
-        found: dict[int, tuple[Context, int | None]] = {}
-        await self._look_up(found, [rowid for rowid, _ in pool], model, filters, params)
+        # While the query is still being embedded: the vectors stored or dropped since the last time.
+        cache = await self._vector_cache(query.vector.model, index)
         vector = await query.vector.get()
         if vector is None or cache.size == 0:
             return None
         vector = np.asarray(vector, dtype=np.float32)
         # Under the cache's lock, and from here on with a snapshot of what it held: a recall running
-        # at the same time may add vectors (columns) or replace some (their ids) meanwhile.
+        # at the same time may add vectors (columns) or drop some meanwhile.
         async with cache.lock:
             size = cache.size
             if size > THREAD_ABOVE:
                 sims = await anyio.to_thread.run_sync(cache.similarities, vector)
             else:
                 sims = cache.similarities(vector)
-            ids = cache.ids[:size].copy()
-            rowids = cache.rowids[:size].copy()
-        mean = float(sims.mean())
+            owner = cache.rowids[:size].copy()  # the memory of each column; 0: dropped
+            row_of = dict(cache.row_of)
+        held = owner > 0
+        if not held.any():
+            return None
+        mean = float(sims[held].mean())
 
-        # 1. Candidates: the BM25 matches and the memories most similar to the query.
-        best_bm25 = max((-score for _, score in pool), default=0.0) or 1.0
-        lexical = {rowid: -score / best_bm25 for rowid, score in pool}
-        take = min(size, DENSE_CANDIDATES if len(where) == 1 else DENSE_CANDIDATES_FILTERED)
-        top = np.argpartition(-sims, take - 1)[:take] if take < size else np.arange(size)
-        similar = [int(r) for r in rowids[top]]
+        # 1. Candidates: the BM25 matches and the memories most similar to the query (more of them
+        # with a filter, since the most similar ones may not pass it).
+        filtered = any(value is not None for value in filters.values())
+        take = min(size, DENSE_CANDIDATES_FILTERED if filtered else DENSE_CANDIDATES)
+        ranked_sims = np.where(held, sims, -np.inf)
+        top = np.argpartition(-ranked_sims, take - 1)[:take] if take < size else np.arange(size)
+        top = top[held[top]]
         best = float(sims[top].max())
         spread = best - mean if best > mean else 1.0
+        best_bm25 = float(scores[0]) if len(scores) else 1.0
+        lexical = dict(zip(rowids.tolist(), (scores / (best_bm25 or 1.0)).tolist(), strict=True))
 
-        def column(rowid: int) -> int | None:
-            found = cache.row_of.get(rowid)  # a column, once given to a memory, stays its own
-            return found if found is not None and found < size else None
+        def own(memories: np.ndarray) -> np.ndarray:
+            """BM25 part + vector part: 0 for an average memory, DENSE_WEIGHT for the most similar."""
+            out = np.array([lexical.get(r, 0.0) for r in memories.tolist()])
+            columns = np.array([row_of.get(r, -1) for r in memories.tolist()], dtype=np.int64)
+            has = (columns >= 0) & (columns < size)
+            out[has] += DENSE_WEIGHT * (sims[columns[has]] - mean) / spread
+            return out
 
-        def dense(rowid: int) -> float:
-            """The vector part: 0 for an average memory, DENSE_WEIGHT for the most similar one."""
-            row = column(rowid)
-            return 0.0 if row is None else DENSE_WEIGHT * (float(sims[row]) - mean) / spread
-
-        # 2. Only the best candidates can lift a neighbour into a page: their neighbours are looked up,
-        # with the similar memories (whether they pass the filters, and their context).
-        candidates = set(lexical) | set(similar)
-        lenders = sorted(candidates, key=lambda r: -(lexical.get(r, 0.0) + dense(r)))[:HYBRID_LENDERS]
-        near = {r + step for r in lenders for step in (-1, 1)}
-        await self._look_up(found, sorted((near | set(similar)) - found.keys()), model, filters, params)
-
-        # 3. Scores. A vector counts only if its row is still stored (a neighbour forgotten since the
-        # cache loaded it has had it dropped), so the cache's embedding id must match.
-        def current(rowid: int, embedding_id: int | None) -> bool:
-            row = column(rowid)
-            return row is not None and embedding_id == int(ids[row])
-
-        scores = {
-            r: lexical.get(r, 0.0) + (dense(r) if current(r, e) else 0.0) for r, (_, e) in found.items()
-        }
-        totals: dict[int, float] = {}
-        lent_by: dict[int, int] = {}
-        for rowid, own in scores.items():
-            total, best_lender, best_lent = own, None, 0.0
-            for other in (rowid - 1, rowid + 1):
-                if other in scores and found[other][0] == found[rowid][0]:
-                    lent = NEIGHBOUR_WEIGHT * scores[other]
-                    total += lent
-                    if lent > best_lent:
-                        best_lender, best_lent = other, lent
-            if total > 0:
-                totals[rowid] = total
-                if rowid not in candidates and best_lender is not None:
-                    lent_by[rowid] = best_lender
-        ranked = sorted(totals, key=lambda r: (-totals[r], -r))[query.offset : query.offset + query.limit]
-        if not ranked:
+        async with index.lock:
+            candidates = index.keep(np.union1d(rowids, owner[top]), **filters)
+            # 2. Only the best candidates can lift a neighbour into a page.
+            lenders = candidates[np.argsort(-own(candidates), kind="stable")[:HYBRID_LENDERS]]
+            near = index.keep(np.union1d(lenders - 1, lenders + 1), **filters)
+            receivers = np.union1d(candidates, near)
+            context = index.context[receivers]
+        # 3. Every memory found lends to its neighbours in the same context (recall_index.lend).
+        total, lender = lend(
+            receivers, own(receivers), context, np.ones(len(receivers), dtype=bool), NEIGHBOUR_WEIGHT
+        )
+        kept = np.flatnonzero(total > 0)
+        order = kept[np.lexsort((-receivers[kept], -total[kept]))][query.offset : query.offset + query.limit]
+        shown = receivers[order].tolist()
+        if not shown:
             return []
-        needed = ranked + [lent_by[r] for r in ranked if r in lent_by]
+        score_of = dict(zip(shown, total[order].tolist(), strict=True))
+        candidate_set = set(candidates.tolist())
+        lent_by = {
+            r: lent
+            for r, lent in zip(shown, lender[order].tolist(), strict=True)
+            if lent and r not in candidate_set
+        }
+        needed = shown + list(lent_by.values())
         rows = await self._fetchall(
             f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m WHERE m.rowid IN ({', '.join('?' * len(needed))})",
             needed,
         )
         memories = {row[0]: _memory(row[1:]) for row in rows}
         return [
-            SearchHit(memories[r], totals[r], memories[lent_by[r]].id if r in lent_by else None)
-            for r in ranked
-        ]
-
-    async def _look_up(
-        self,
-        found: dict[int, tuple[Context, int | None]],
-        rowids: list[int],
-        model: str,
-        filters: str,
-        params: list[Any],
-    ) -> None:
-        """Add, for those `rowids` that are active and pass the filters, their context and the id of
-        their embedding by `model` (None without one)."""
-        for start in range(0, len(rowids), LOOKUP_CHUNK):
-            chunk = rowids[start : start + LOOKUP_CHUNK]
-            rows = await self._fetchall(
-                # NOT INDEXED: as in SQLiteStore._search_text, a walk over these few rowids.
-                "SELECT m.rowid, m.author, m.session_id, substr(m.occurred_at, 1, 10), "
-                "(SELECT e.id FROM memory_embeddings e WHERE e.memory_rowid = m.rowid AND e.model = ?) "
-                f"FROM memories m NOT INDEXED WHERE m.rowid IN ({', '.join('?' * len(chunk))}) AND {filters}",
-                [model, *chunk, *params],
+            SearchHit(
+                memories[r], score_of[r], memories[lent_by[r]].id if lent_by.get(r) in memories else None
             )
-            found.update({rowid: ((author, session, day), e) for rowid, author, session, day, e in rows})
+            for r in shown
+            if r in memories  # a memory purged meanwhile is left out
+        ]
