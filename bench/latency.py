@@ -7,8 +7,10 @@ For each size (1k, 10k, 100k memories by default) the script
 2. spawns `python -m soul_mcp serve --db FILE` and drives it with the SDK's stdio client
    (`mcp.Client(StdioServerParameters(...))`): recall and remember round trips, timed with
    `time.perf_counter()` around each call after a few warm-up calls;
-3. replays the same recalls with a raw JSON-RPC client over the pipes (no SDK on the client side),
-   and in-process through `AgentSelf.recall` (no MCP at all), so the table shows where the time goes;
+3. replays the same recalls with the TypeScript SDK's stdio client (bench/ts_recalls.mjs: what
+   Claude Desktop, Claude Code and Cursor are built on; needs node and .ci/node_modules, which
+   .ci/run installs), with a raw JSON-RPC client over the pipes (no SDK on the client side), and
+   in-process through `AgentSelf.recall` (no MCP at all), so the table shows where the time goes;
 4. measures cold start, spawn to the first `tools/list` answer, with the SDK client and with the raw
    client (the raw one is the server's own cold start: spawn, write initialize +
    notifications/initialized + tools/list, wait for the tools/list line);
@@ -566,6 +568,45 @@ def measure_raw(db: Path, work: Workload) -> dict[str, Any]:
     return {"recall": summary([ms for _, ms in samples]), "recall_by_category": by_category(samples)}
 
 
+NODE_MODULES = Path(__file__).resolve().parent.parent / ".ci" / "node_modules"
+TS_SCRIPT = Path(__file__).resolve().parent / "ts_recalls.mjs"
+
+
+def measure_ts(db: Path, work: Workload) -> dict[str, Any] | None:
+    """The same recalls through the TypeScript SDK's stdio client (bench/ts_recalls.mjs), which the
+    common hosts are built on; None without node or the SDK in .ci/node_modules (.ci/run installs it)."""
+    node = shutil.which("node")
+    if node is None or not (NODE_MODULES / "@modelcontextprotocol" / "sdk").is_dir():
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        workload = Path(scratch) / "workload.json"
+        workload.write_text(
+            json.dumps(
+                {
+                    "first": work.first_recall,
+                    "warmup": [arguments for _, arguments in work.warmup_recalls],
+                    "settle_s": work.settle_s,
+                    "recalls": [arguments for _, arguments in work.recalls],
+                }
+            )
+        )
+        env = {**server_env(db), "MCP_NODE_MODULES": str(NODE_MODULES)}
+        done = subprocess.run(
+            [node, str(TS_SCRIPT), str(workload), *server_command(db)],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the TypeScript client failed: {done.stderr[-2000:]}")
+    out = json.loads(done.stdout)
+    samples = [(category, ms) for (category, _), ms in zip(work.recalls, out["ms"], strict=True)]
+    return {
+        "sdk_version": out["sdkVersion"],
+        "first_recall_ms": round(out["first_ms"], 1),
+        "recall": summary([ms for _, ms in samples]),
+        "recall_by_category": by_category(samples),
+    }
+
+
 async def measure_in_process(db: Path, work: Workload) -> dict[str, Any]:
     """The same recalls through AgentSelf.recall in this process: the domain and SQL, no MCP."""
     agent_self = await AgentSelf.open(Settings(db_path=db, semantic=Semantic(mode=SEMANTIC)))
@@ -757,6 +798,8 @@ async def measure_size(size: int, args: argparse.Namespace, workdir: Path) -> di
     result["sdk"] = await measure_sdk(db, work, args.mode)
     print("   raw stdio client: recall ...", file=sys.stderr)
     result["raw"] = await asyncio.to_thread(measure_raw, db, work)
+    print("   TypeScript SDK stdio client: recall ...", file=sys.stderr)
+    result["ts"] = await asyncio.to_thread(measure_ts, db, work)
     print("   in-process AgentSelf.recall ...", file=sys.stderr)
     result["in_process"] = await measure_in_process(db, work)
     print(f"   cold start x{args.cold_runs} (SDK, raw) ...", file=sys.stderr)
@@ -783,16 +826,17 @@ def print_report(report: dict[str, Any]) -> None:
     print(header + "\n" + "-" * len(header))
     for row in report["sizes"]:
         lines = (
-            ("remember, SDK stdio", row["sdk"]["remember"]),
-            ("recall, SDK stdio", row["sdk"]["recall"]),
+            ("remember, Python SDK", row["sdk"]["remember"]),
+            ("recall, Python SDK", row["sdk"]["recall"]),
             ("recall after remember", row["sdk"]["recall_after_write"]),
+            *([("recall, TS SDK", row["ts"]["recall"])] if row.get("ts") else []),
             ("recall, raw stdio", row["raw"]["recall"]),
             ("recall, in-process", row["in_process"]["recall"]),
         )
         for i, (what, s) in enumerate(lines):
             size, load = (f"{row['memories']:,}", f"{row['load_before']:.1f}") if i == 0 else ("", "")
             mark = ""
-            if what == "recall, SDK stdio" and row["memories"] >= 100_000:
+            if what in ("recall, Python SDK", "recall, TS SDK") and row["memories"] >= 100_000:
                 p50, p95 = (
                     _mark(s["p50"], TARGETS["recall_p50_ms"]),
                     _mark(s["p95"], TARGETS["recall_p95_ms"]),

@@ -22,7 +22,9 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 
@@ -37,6 +39,7 @@ BATCH = 16  # passages per embedding call: about 0.2 s with the local model on t
 IDLE_RESCAN_S = 60.0  # when idle, look again this often (for memories other processes stored)
 RETRY_S = 30.0  # after an embedder failure (an endpoint that is down)
 BACKGROUND_NICE = 10
+RECENT_QUERIES = 256  # query vectors kept (SemanticSearch.embed_query)
 
 Progress = Callable[[int, int], None]
 
@@ -157,6 +160,9 @@ class SemanticSearch:
         self.model = self.embedder.name
         self._open_store = open_store
         self.indexer: BackgroundIndexer | None = None
+        # Recent queries' vectors: paging through results or a repeated wake-up focus asks the same
+        # question again, and embedding it is most of a hybrid recall's time (10 to 25 ms).
+        self._recent: OrderedDict[str, Any] = OrderedDict()
 
     @classmethod
     def from_settings(
@@ -191,9 +197,16 @@ class SemanticSearch:
 
     async def embed_query(self, text: str, into: QueryVector) -> None:
         """Embed the query into `into`; None when the embedder fails (recall uses BM25 alone)."""
-        vector = None
+        vector = self._recent.get(text)
+        if vector is not None:
+            self._recent.move_to_end(text)
+            into.set(vector)
+            return
         try:
             vector = (await anyio.to_thread.run_sync(self.embedder.embed_queries, [text]))[0]
+            self._recent[text] = vector
+            if len(self._recent) > RECENT_QUERIES:
+                self._recent.popitem(last=False)
         except Exception as exc:
             log.warning("recall falls back to BM25 alone: could not embed the query: %s", exc)
         finally:
