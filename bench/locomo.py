@@ -143,7 +143,7 @@ async def evaluate(path: Path, semantic: bool) -> dict[str, Any]:
         report["config"].update(
             embedder=LocalE5.name,
             embedded_text="previous memory in the same context + the memory",
-            fusion=f"bm25/max + {sqlite_vectors.DENSE_WEIGHT} * (cos - mean)/(max - mean), "
+            fusion=f"(bm25/max)^2 + {sqlite_vectors.DENSE_WEIGHT} * max(0, (cos - mean)/(max - mean))^2, "
             "then neighbour smoothing",
             dense_candidates=sqlite_vectors.DENSE_CANDIDATES,
         )

@@ -83,14 +83,30 @@ async def recall_ids(client: Client, query: str, **arguments: Any) -> list[str]:
 
 @pytest.mark.anyio
 async def test_hybrid_recall_finds_a_paraphrase_that_bm25_cannot(db_path: Path, mode: str) -> None:
+    # The others are stored in another session: a memory is embedded with the one before it in its
+    # session (sqlite_vectors.window_text), so within one session the memory right after the puppy
+    # would carry its meaning too, and may come first (see the next test).
     async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL)), mode=mode) as client:
-        puppy, *_ = await remember_all(client, [PUPPY, *OTHERS])
+        await remember_all(client, OTHERS)
+    async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL)), mode=mode) as client:
+        (puppy,) = await remember_all(client, [PUPPY])
         await wait_for(lambda: len(embedding_rows(db_path)) == 5, "all 5 memories embedded")
         assert (await recall_ids(client, "new dog"))[0] == puppy
 
     # The same file, BM25 alone: no word of "new dog" is in the memory, so it is not found.
     async with Client(build_server(Settings(db_path=db_path)), mode=mode) as client:
         assert puppy not in await recall_ids(client, "new dog")
+
+
+@pytest.mark.anyio
+async def test_the_memory_after_a_match_in_its_session_shares_its_meaning(db_path: Path) -> None:
+    # A memory is embedded with the one before it in the same session (a reply alone, "Yes, last
+    # spring!", carries little meaning). So the memory stored right after the puppy is found by
+    # "new dog" too, next to it: both come before the memories that have nothing of a dog.
+    async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL))) as client:
+        puppy, after, *_ = await remember_all(client, [PUPPY, *OTHERS])
+        await wait_for(lambda: len(embedding_rows(db_path)) == 5, "all 5 memories embedded")
+        assert set((await recall_ids(client, "new dog"))[:2]) == {puppy, after}
 
 
 @pytest.mark.anyio
@@ -108,7 +124,9 @@ async def test_remember_stores_an_embedding_in_the_background(db_path: Path) -> 
 @pytest.mark.anyio
 async def test_memories_stored_before_semantic_search_was_on_are_backfilled(db_path: Path) -> None:
     async with Client(build_server(Settings(db_path=db_path))) as client:
-        ids = await remember_all(client, [PUPPY, *OTHERS])
+        ids = await remember_all(client, OTHERS)
+    async with Client(build_server(Settings(db_path=db_path))) as client:
+        ids = await remember_all(client, [PUPPY]) + ids
     assert embedding_rows(db_path) == {}  # without an embedder nothing is embedded
 
     async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL))) as client:
