@@ -451,7 +451,6 @@ class SQLiteStore(SQLiteVectors):
         index = self._recall_index()
         async with index.lock:
             await index.refresh(self._fetchall)
-            index.start_prefill(self.path)
             words = await index.postings(self._fetchall, query.terms)
             filters = await self._index_filters(index, query)
             rowids, scores = index.rank(words, self.candidates, **filters)
@@ -460,6 +459,9 @@ class SQLiteStore(SQLiteVectors):
                 ranked, totals, lenders = index.with_neighbours(
                     rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
                 )
+        # Once the first text search has ranked (not before: the thread would slow it down), the
+        # commonest words are fetched ahead.
+        index.start_prefill(self.path)
         if query.vector is not None:  # hybrid recall (sqlite_vectors.py), when there are embeddings
             hybrid = await self._search_hybrid(query, index, rowids, scores, filters)
             if hybrid is not None:
