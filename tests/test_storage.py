@@ -560,3 +560,15 @@ async def test_many_changes_at_once_are_read_whole(
     epoch = scale_store._index.epoch  # type: ignore[union-attr]
     same_ranking(await recalled(scale_store, terms, limit=500), plain_ranking(db_path, terms))
     assert scale_store._index.epoch > epoch  # type: ignore[union-attr]
+
+
+async def test_the_recall_index_tokenizes_words_as_the_full_text_index_does(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    # Kept words are keyed by the token FTS5 makes of them (recall_index.Tokens): the two tokenizers
+    # must be the same, or a kept word would never be found again.
+    from soul_mcp.storage.recall_index import TOKENIZE, Tokens
+
+    (definition,) = query(db_path, "SELECT sql FROM sqlite_master WHERE name = 'memories_fts'")[0]
+    assert f"tokenize = '{TOKENIZE}'" in str(definition)
+    assert Tokens().keys(["Meetings", "café", "running", "?!"]) == ["meet", "cafe", "run", ""]
