@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiosqlite
 import anyio
@@ -41,9 +41,6 @@ from soul_mcp.storage.base import RANKED_MAX, SearchHit, SearchQuery
 from soul_mcp.storage.recall_index import RecallIndex
 from soul_mcp.storage.schema import MIGRATIONS, SCHEMA_VERSION, split_statements
 from soul_mcp.storage.sqlite_vectors import SQLiteVectors
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -381,56 +378,28 @@ class SQLiteStore(SQLiteVectors):
 
     @staticmethod
     def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]:
-        """SQL conditions on `m` (the memories table): active, and the query's filters."""
-        where, params = SQLiteStore._row_filters(query)
-        tags, tag_params = SQLiteStore._tag_filter(query, "m.rowid")
-        return ["m.status = 'active'", *where, *tags], [*params, *tag_params]
-
-    @staticmethod
-    def _row_filters(query: SearchQuery, dates: bool = True) -> tuple[list[str], list[Any]]:
-        """The filters that need the memory's row: kind, dates (unless `dates` is False), excluded ids."""
-        where, params = SQLiteStore._date_filter(query) if dates else ([], [])
-        if query.kind:
-            where.append("m.kind = ?")
-            params.append(query.kind)
-        if query.exclude_ids:
-            where.append(f"m.id NOT IN ({', '.join('?' * len(query.exclude_ids))})")
-            params.extend(query.exclude_ids)
-        return where, params
-
-    @staticmethod
-    def _date_filter(query: SearchQuery) -> tuple[list[str], list[Any]]:
-        where: list[str] = []
-        params: list[Any] = []
+        """SQL conditions on `m` (the memories table): active, and the query's filters (a listing
+        without words; text search filters in the recall index)."""
+        where, params = ["m.status = 'active'"], []
         if query.since:
             where.append("m.occurred_at >= ?")
             params.append(query.since)
         if query.until:
             where.append("m.occurred_at < ?")
             params.append(query.until)
-        return where, params
-
-    @staticmethod
-    def _tag_filter(query: SearchQuery, rowid: str, each: bool = False) -> tuple[list[str], list[Any]]:
-        """The tag filter on the memory whose rowid is `rowid`; it reads memory_tags only.
-
-        By default the memories carrying every tag are gathered once and each row is looked up in
-        that set: right when many rows are tested. `each` tests a row at a time through the
-        (tag, memory) key instead: right for a few rows, since a common tag's set costs ~1 ms.
-        """
-        if not query.tags:
-            return [], []
-        marks = ", ".join("?" * len(query.tags))
-        if each:
-            condition = (
-                f"(SELECT count(*) FROM memory_tags WHERE tag IN ({marks}) AND memory_rowid = {rowid}) = ?"
-            )
-        else:
-            condition = (
-                f"{rowid} IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({marks}) "
+        if query.kind:
+            where.append("m.kind = ?")
+            params.append(query.kind)
+        if query.exclude_ids:
+            where.append(f"m.id NOT IN ({', '.join('?' * len(query.exclude_ids))})")
+            params.extend(query.exclude_ids)
+        if query.tags:  # carrying every one of them
+            where.append(
+                f"m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({', '.join('?' * len(query.tags))}) "
                 "GROUP BY memory_rowid HAVING count(*) = ?)"
             )
-        return [condition], [*query.tags, len(query.tags)]
+            params += [*query.tags, len(query.tags)]
+        return where, params
 
     async def search(self, query: SearchQuery) -> list[SearchHit]:
         if query.terms:
@@ -748,10 +717,6 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _chunks(items: list[int], size: int) -> list[list[int]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
