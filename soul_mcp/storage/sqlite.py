@@ -440,11 +440,15 @@ class SQLiteStore(SQLiteVectors):
                     rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
                 )
         page = slice(query.offset, query.offset + query.limit)
-        shown = ranked[page].tolist()
+        return await self._hits(ranked[page].tolist(), totals[page].tolist(), lenders[page].tolist())
+
+    async def _hits(self, shown: list[int], scores: list[float], lenders: list[int]) -> list[SearchHit]:
+        """The page of a ranking: the memories at `shown` rowids with their `scores`, and for each
+        the rowid of the neighbour that lent it the most (0 for none), whose id goes in context_of."""
         if not shown:
             return []
-        score_of = dict(zip(shown, totals[page].tolist(), strict=True))
-        lent_by = {r: lent for r, lent in zip(shown, lenders[page].tolist(), strict=True) if lent}
+        score_of = dict(zip(shown, scores, strict=True))
+        lent_by = {r: lent for r, lent in zip(shown, lenders, strict=True) if lent}
         needed = shown + list(lent_by.values())
         rows = await self._fetchall(
             f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m WHERE m.rowid IN ({', '.join('?' * len(needed))})",

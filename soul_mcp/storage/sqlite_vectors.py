@@ -174,6 +174,7 @@ class SQLiteVectors:
     if TYPE_CHECKING:
         _fetchall: Callable[..., Awaitable[list[tuple[Any, ...]]]]
         _transaction: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
+        _hits: Callable[[list[int], list[float], list[int]], Awaitable[list[SearchHit]]]
 
     _vector_caches: dict[str, VectorCache] | None = None
 
@@ -368,7 +369,7 @@ class SQLiteVectors:
         import numpy as np
 
         from soul_mcp.storage.recall_index import lend
-        from soul_mcp.storage.sqlite import MEMORY_COLUMNS, NEIGHBOUR_WEIGHT, _memory
+        from soul_mcp.storage.sqlite import NEIGHBOUR_WEIGHT
 
         assert query.vector is not None
         # While the query is still being embedded: the vectors stored or dropped since the last time.
@@ -429,26 +430,10 @@ class SQLiteVectors:
         )
         kept = np.flatnonzero(total > 0)
         order = kept[np.lexsort((-receivers[kept], -total[kept]))][query.offset : query.offset + query.limit]
-        shown = receivers[order].tolist()
-        if not shown:
-            return []
-        score_of = dict(zip(shown, total[order].tolist(), strict=True))
-        candidate_set = set(candidates.tolist())
-        lent_by = {
-            r: lent
-            for r, lent in zip(shown, lender[order].tolist(), strict=True)
-            if lent and r not in candidate_set
-        }
-        needed = shown + list(lent_by.values())
-        rows = await self._fetchall(
-            f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m WHERE m.rowid IN ({', '.join('?' * len(needed))})",
-            needed,
+        # Only a memory brought in as a neighbour says which memory lent to it (context_of).
+        is_candidate = np.isin(receivers[order], candidates)
+        return await self._hits(
+            receivers[order].tolist(),
+            total[order].tolist(),
+            np.where(is_candidate, 0, lender[order]).tolist(),
         )
-        memories = {row[0]: _memory(row[1:]) for row in rows}
-        return [
-            SearchHit(
-                memories[r], score_of[r], memories[lent_by[r]].id if lent_by.get(r) in memories else None
-            )
-            for r in shown
-            if r in memories  # a memory purged meanwhile is left out
-        ]
