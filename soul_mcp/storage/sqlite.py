@@ -376,35 +376,12 @@ class SQLiteStore(SQLiteVectors):
             await db.execute("UPDATE memories SET superseded_by = NULL WHERE superseded_by = ?", (memory_id,))
             await db.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
 
-    @staticmethod
-    def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]:
-        """SQL conditions on `m` (the memories table): active, and the query's filters (a listing
-        without words; text search filters in the recall index)."""
-        where, params = ["m.status = 'active'"], []
-        if query.since:
-            where.append("m.occurred_at >= ?")
-            params.append(query.since)
-        if query.until:
-            where.append("m.occurred_at < ?")
-            params.append(query.until)
-        if query.kind:
-            where.append("m.kind = ?")
-            params.append(query.kind)
-        if query.exclude_ids:
-            where.append(f"m.id NOT IN ({', '.join('?' * len(query.exclude_ids))})")
-            params.extend(query.exclude_ids)
-        if query.tags:  # carrying every one of them
-            where.append(
-                f"m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({', '.join('?' * len(query.tags))}) "
-                "GROUP BY memory_rowid HAVING count(*) = ?)"
-            )
-            params += [*query.tags, len(query.tags)]
-        return where, params
-
     async def search(self, query: SearchQuery) -> list[SearchHit]:
         if query.terms:
             return await self._search_text(query)
-        where, params = self._filters(query)
+        where, params = _memory_filters(
+            ("active",), query.kind, query.tags, query.since, query.until, query.exclude_ids
+        )
         order = {
             "importance": "m.importance DESC, m.occurred_at DESC, m.rowid DESC",
         }.get(query.order, "m.occurred_at DESC, m.rowid DESC")
@@ -633,23 +610,7 @@ class SQLiteStore(SQLiteVectors):
         offset: int,
         limit: int,
     ) -> tuple[list[Memory], int]:
-        where = [f"m.status IN ({', '.join('?' * len(statuses))})"]
-        params: list[Any] = list(statuses)
-        if kind:
-            where.append("m.kind = ?")
-            params.append(kind)
-        if since:
-            where.append("m.occurred_at >= ?")
-            params.append(since)
-        if until:
-            where.append("m.occurred_at < ?")
-            params.append(until)
-        if tags:
-            where.append(
-                f"m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({', '.join('?' * len(tags))}) "
-                "GROUP BY memory_rowid HAVING count(*) = ?)"
-            )
-            params.extend([*tags, len(tags)])
+        where, params = _memory_filters(statuses, kind, tags, since, until)
         condition = " AND ".join(where)
         rows = await self._fetchall(
             f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {condition} "
@@ -721,6 +682,40 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _memory_filters(
+    statuses: tuple[str, ...],
+    kind: str | None,
+    tags: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    exclude_ids: tuple[str, ...] = (),
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions on `m` (the memories table) for listings by time: in one of `statuses`, of
+    `kind`, carrying every one of `tags`, occurred in [since, until), none of `exclude_ids`. (Text
+    search filters in the recall index instead.)"""
+    where = [f"m.status IN ({', '.join('?' * len(statuses))})"]
+    params: list[Any] = list(statuses)
+    if kind:
+        where.append("m.kind = ?")
+        params.append(kind)
+    if since:
+        where.append("m.occurred_at >= ?")
+        params.append(since)
+    if until:
+        where.append("m.occurred_at < ?")
+        params.append(until)
+    if tags:
+        where.append(
+            f"m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({', '.join('?' * len(tags))}) "
+            "GROUP BY memory_rowid HAVING count(*) = ?)"
+        )
+        params += [*tags, len(tags)]
+    if exclude_ids:
+        where.append(f"m.id NOT IN ({', '.join('?' * len(exclude_ids))})")
+        params += exclude_ids
+    return where, params
 
 
 async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
