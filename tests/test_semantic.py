@@ -402,7 +402,7 @@ async def test_a_vector_dropped_by_another_process_stops_counting_at_once(db_pat
         (shoe_rowid,) = (
             sqlite3.connect(db_path).execute("SELECT rowid FROM memories WHERE id = ?", (shoe,)).fetchone()
         )
-        assert shoe_rowid in cache.row_of
+        assert cache.column(shoe_rowid) is not None
     finally:
         await server.close()
         await other.close()

@@ -96,15 +96,21 @@ class VectorCache:
         self.matrix: Any = None
         self.ids: Any = None
         self.rowids: Any = None
-        self.row_of: dict[int, int] = {}  # memory rowid -> matrix column
-        self.column_of: Any = None  # the same as an array by rowid, -1 for none (for numpy look-ups)
+        self.column_of: Any = None  # memory rowid -> matrix column, -1 for none (numpy array)
         self.expected: int | None = None  # how many vectors the first load brings
         self.changes_seen = 0  # position in the recall index's change feed
+
+    def column(self, rowid: int) -> int | None:
+        """The matrix column holding this memory's vector, if any."""
+        if self.column_of is None or not 0 <= rowid < len(self.column_of):
+            return None
+        column = int(self.column_of[rowid])
+        return column if column >= 0 else None
 
     def drop(self, rowids: list[int]) -> None:
         """Forget these memories' vectors (their columns stay, marked with rowid 0)."""
         for rowid in rowids:
-            column = self.row_of.pop(rowid, None)
+            column = self.column(rowid)
             if column is not None:
                 self.rowids[column] = 0
                 self.column_of[rowid] = -1
@@ -125,28 +131,27 @@ class VectorCache:
         if not rows_ok:
             return
         vectors = np.frombuffer(b"".join(r[3] for r in rows_ok), dtype="<f4").reshape(len(rows_ok), self.dims)
-        # A memory seen before keeps its column (embedded again: overwritten); a new one gets the next.
-        columns = np.empty(len(rows_ok), dtype=np.int64)
-        size = self.size
-        for i, (_, rowid, _, _) in enumerate(rows_ok):
-            column = self.row_of.get(rowid)
-            if column is None:
-                column = self.row_of[rowid] = size
-                size += 1
-            columns[i] = column
-        self._reserve(size)
-        self.size = size
-        self.matrix[:, columns] = vectors.T
-        self.ids[columns] = [r[0] for r in rows_ok]
         rowids = np.array([r[1] for r in rows_ok], dtype=np.int64)
-        self.rowids[columns] = rowids
         top = int(rowids.max())
         if self.column_of is None or top >= len(self.column_of):
             grown = np.full(max(top + 1, 2 * (0 if self.column_of is None else len(self.column_of))), -1)
             if self.column_of is not None:
                 grown[: len(self.column_of)] = self.column_of
             self.column_of = grown
-        self.column_of[rowids] = columns
+        # A memory seen before keeps its column (embedded again: overwritten); a new one gets the next.
+        columns = np.empty(len(rows_ok), dtype=np.int64)
+        size = self.size
+        for i, rowid in enumerate(rowids.tolist()):
+            column = int(self.column_of[rowid])
+            if column < 0:
+                column = self.column_of[rowid] = size
+                size += 1
+            columns[i] = column
+        self._reserve(size)
+        self.size = size
+        self.matrix[:, columns] = vectors.T
+        self.ids[columns] = [r[0] for r in rows_ok]
+        self.rowids[columns] = rowids
 
     def _reserve(self, needed: int) -> None:
         import numpy as np
@@ -328,7 +333,9 @@ class SQLiteVectors:
                 cache = self._vector_caches[model] = VectorCache(model)
                 cache.changes_seen = index.changes_since(0)[1]
             elif changed:
-                near = sorted({r + step for r in changed for step in (-1, 0, 1)} & cache.row_of.keys())
+                near = sorted(
+                    {r + step for r in changed for step in (-1, 0, 1) if cache.column(r + step) is not None}
+                )
                 for start in range(0, len(near), LOOKUP_CHUNK):
                     chunk = near[start : start + LOOKUP_CHUNK]
                     stored = dict(
@@ -338,7 +345,7 @@ class SQLiteVectors:
                             [model, *chunk],
                         )
                     )
-                    cache.drop([r for r in chunk if stored.get(r) != int(cache.ids[cache.row_of[r]])])
+                    cache.drop([r for r in chunk if stored.get(r) != int(cache.ids[cache.column(r)])])
             if cache.expected is None:  # the first load: room for all at once, not grown by doubling
                 (cache.expected,) = (
                     await self._fetchall("SELECT count(*) FROM memory_embeddings WHERE model = ?", [model])
