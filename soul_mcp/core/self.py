@@ -9,10 +9,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import anyio
 
 from soul_mcp.config import Limits, Settings
 from soul_mcp.core import cursor as cursors
@@ -343,21 +342,10 @@ class AgentSelf:
         )
         if self.semantic is not None and terms:
             self.semantic.start()  # the first recall starts the backfill of older memories
-            # The query is embedded while the store runs the full-text part of the search.
-            vector = QueryVector(self.semantic.model)
+            # Embedded when the store asks for the vector, after its full-text part (QueryVector).
+            vector = QueryVector(self.semantic.model, partial(self.semantic.embed_query, query))
             search = replace(search, vector=vector)
-            failure: Exception | None = None
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self.semantic.embed_query, query, vector)
-                try:
-                    found = await self.store.search(search)
-                except Exception as exc:  # raised as itself, not inside an ExceptionGroup
-                    failure = exc
-                    tasks.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
-        else:
-            found = await self.store.search(search)
+        found = await self.store.search(search)
         hits: list[RecallHit] = []
         size = 0
         for found_hit in found[:limit]:

@@ -8,22 +8,20 @@ found again.
 
 Why a thread with its own event loop and its own store connection rather than a task on the
 server's loop: the indexer then outlives no session and depends on none (the server opens one self
-for all its sessions), a slow embedding never holds up a request, and on Linux the thread runs at a
-lower priority, so a backfill on a small machine leaves the CPU to requests first. It has its own
-model instance too (the weights are memory-mapped, so they are shared), so a query never waits for a
-batch of passages.
+for all its sessions), and a slow embedding never holds up a request. It has its own model instance
+too (the weights are memory-mapped, so they are shared), so a query never waits for a batch of
+passages; that instance computes on one core at the lowest priority (LocalE5's `background`), so a
+backfill on a small machine leaves the CPU to requests first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -31,14 +29,13 @@ import anyio
 from soul_mcp.config import Semantic
 from soul_mcp.errors import EmbeddingError
 from soul_mcp.semantic.embedders import Embedder, embedder_for
-from soul_mcp.storage.base import EmbeddingJob, EmbeddingStore, QueryVector
+from soul_mcp.storage.base import EmbeddingJob, EmbeddingStore
 
 log = logging.getLogger(__name__)
 
 BATCH = 16  # passages per embedding call: about 0.2 s with the local model on two cores
 IDLE_RESCAN_S = 60.0  # when idle, look again this often (for memories other processes stored)
 RETRY_S = 30.0  # after an embedder failure (an endpoint that is down)
-BACKGROUND_NICE = 10
 RECENT_QUERIES = 256  # query vectors kept (SemanticSearch.embed_query)
 
 Progress = Callable[[int, int], None]
@@ -101,11 +98,6 @@ class BackgroundIndexer:
                 log.warning("the indexer thread did not stop within %.0f s", timeout)
 
     def _run(self) -> None:
-        # On Linux a thread has its own nice value, and the threads it starts (the model's) inherit it.
-        # Elsewhere the id given would name a process, so nothing is changed there.
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
         try:
             anyio.run(self._main)
         except Exception:
@@ -152,11 +144,12 @@ class SemanticSearch:
 
     def __init__(
         self,
-        make_embedder: Callable[[], Embedder],
+        make_embedder: Callable[[bool], Embedder],
         open_store: Callable[[], Awaitable[EmbeddingStore]] | None = None,
     ) -> None:
+        # make_embedder(background): False for the queries' embedder, True for the indexer's.
         self._make_embedder = make_embedder
-        self.embedder = make_embedder()  # for queries; loads its model on first use
+        self.embedder = make_embedder(False)  # for queries; loads its model on first use
         self.model = self.embedder.name
         self._open_store = open_store
         self.indexer: BackgroundIndexer | None = None
@@ -171,8 +164,8 @@ class SemanticSearch:
         if embedder_for(settings) is None:
             return None
 
-        def make_embedder() -> Embedder:  # one per user: the queries' and the indexer's
-            embedder = embedder_for(settings)
+        def make_embedder(background: bool) -> Embedder:  # one per user: the queries' and the indexer's
+            embedder = embedder_for(settings, background)
             assert embedder is not None
             return embedder
 
@@ -181,7 +174,7 @@ class SemanticSearch:
     def start_background(self) -> None:
         """Let `kick()` run the background indexer (the server does; the CLI embeds in `reindex`)."""
         if self._open_store is not None and self.indexer is None:
-            self.indexer = BackgroundIndexer(self._open_store, self._make_embedder)
+            self.indexer = BackgroundIndexer(self._open_store, partial(self._make_embedder, True))
 
     def kick(self, everything: bool = False) -> None:
         """Memories were stored (or, `everything`, changed status): embed what is missing, in the
@@ -195,22 +188,21 @@ class SemanticSearch:
         if self.indexer is not None and not self.indexer.started:
             self.indexer.kick()
 
-    async def embed_query(self, text: str, into: QueryVector) -> None:
-        """Embed the query into `into`; None when the embedder fails (recall uses BM25 alone)."""
+    async def embed_query(self, text: str) -> Any:
+        """The query's vector; None when the embedder fails (recall then uses BM25 alone)."""
         vector = self._recent.get(text)
         if vector is not None:
             self._recent.move_to_end(text)
-            into.set(vector)
-            return
+            return vector
         try:
             vector = (await anyio.to_thread.run_sync(self.embedder.embed_queries, [text]))[0]
-            self._recent[text] = vector
-            if len(self._recent) > RECENT_QUERIES:
-                self._recent.popitem(last=False)
         except Exception as exc:
             log.warning("recall falls back to BM25 alone: could not embed the query: %s", exc)
-        finally:
-            into.set(vector)
+            return None
+        self._recent[text] = vector
+        if len(self._recent) > RECENT_QUERIES:
+            self._recent.popitem(last=False)
+        return vector
 
     async def index(
         self, store: EmbeddingStore, progress: Progress | None = None, check_text: bool = False

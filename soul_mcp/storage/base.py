@@ -7,6 +7,7 @@ store would implement the same methods; the tools and the CLI would not change.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -29,27 +30,29 @@ RANKED_MAX = 500
 
 
 class QueryVector:
-    """The query embedded by `model`, possibly still being computed: a store that holds embeddings
-    by that model fuses similarity to it with BM25 (hybrid recall). The store awaits `get()` only
-    once its full-text part is done, so the two run at the same time.
+    """The query embedded by `model`, computed when a store first asks for it: a store that holds
+    embeddings by that model fuses similarity to it with BM25 (hybrid recall).
+
+    Lazily, and so after the store's full-text part rather than beside it: the embedding model runs
+    on every core, and on a 2-core machine the full-text work beside it slowed a query's embedding
+    from 17.5 to 26.5 ms at p95 (bench/README.md). A store with no embeddings by the model never
+    asks, and the query is not embedded at all.
 
     The vector is a unit-length float32 numpy array (typed loosely: numpy comes with the optional
     `semantic` extra); None when it could not be computed, and recall uses BM25 alone.
     """
 
-    def __init__(self, model: str, vector: Any = None) -> None:
+    def __init__(self, model: str, compute: Callable[[], Awaitable[Any]] | None = None, vector: Any = None):
         self.model = model
+        self._compute = compute
         self._vector = vector
-        self._done = anyio.Event()
-        if vector is not None:
-            self._done.set()
-
-    def set(self, vector: Any) -> None:
-        self._vector = vector
-        self._done.set()
+        self._lock = anyio.Lock()
 
     async def get(self) -> Any:
-        await self._done.wait()
+        async with self._lock:  # two tasks asking at once get one computation
+            if self._compute is not None:
+                compute, self._compute = self._compute, None
+                self._vector = await compute()
         return self._vector
 
 
