@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -462,3 +463,66 @@ def test_the_most_similar_are_found_exactly_whatever_the_similarities() -> None:
                     take,
                     trial,
                 )
+
+
+class StubModel:
+    """An embedder computed in the test process (stub_vector), counting its calls."""
+
+    name = "stub-concepts"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed_passages(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        self.calls += 1
+        vectors = np.array([stub_vector(text) for text in texts], dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    embed_queries = embed_passages
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("requests_stop", [True, False], ids=["until-quiet", "at-most-max-defer"])
+async def test_the_indexer_embeds_in_the_gaps_between_requests(
+    db_path: Path, requests_stop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While requests keep coming the background indexer holds back (its model would slow theirs);
+    it embeds once they pause for QUIET_S, and a stream that never pauses delays it MAX_DEFER_S at
+    most."""
+    from soul_mcp.core.text import content_key
+    from soul_mcp.models import NewMemory
+    from soul_mcp.semantic import search
+    from soul_mcp.storage.sqlite import SQLiteStore
+
+    monkeypatch.setattr(search, "QUIET_S", 0.5)
+    monkeypatch.setattr(search, "MAX_DEFER_S", 60.0 if requests_stop else 2.5)
+    store = await SQLiteStore.open(db_path)
+    model = StubModel()
+    semantic = search.SemanticSearch(lambda background: model, partial(SQLiteStore.open, db_path))
+    try:
+        await store.add_memory(
+            NewMemory(
+                content=PUPPY, content_key=content_key(PUPPY), kind="event", tags=[], importance=3,
+                occurred_at="2024-05-08T10:00:00Z", author="tester", session_id="s1",
+            ),
+            "2024-05-08T10:00:00Z",
+        )  # fmt: skip
+        semantic.start_background()
+        semantic.kick()
+        assert semantic.indexer is not None
+        for _ in range(15):  # 1.5 s of requests, 0.1 s apart
+            semantic.indexer.mark_busy()
+            await anyio.sleep(0.1)
+        assert model.calls == 0 and embedding_rows(db_path, model.name) == {}
+        if not requests_stop:
+            stream_until = time.monotonic() + WAIT_S
+            while not embedding_rows(db_path, model.name) and time.monotonic() < stream_until:
+                semantic.indexer.mark_busy()
+                await anyio.sleep(0.1)
+        await wait_for(lambda: len(embedding_rows(db_path, model.name)) == 1, "the memory embedded")
+        assert model.calls == 1
+    finally:
+        await semantic.close()
+        await store.close()

