@@ -526,3 +526,95 @@ async def test_the_indexer_embeds_in_the_gaps_between_requests(
     finally:
         await semantic.close()
         await store.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("gather", [True, False], ids=["gathered", "all-multiplied"])
+async def test_a_filter_finds_the_most_similar_among_the_memories_that_pass_it(
+    db_path: Path, gather: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a filter, the memories most similar to the query are looked for among those that pass
+    it: 1,100 other memories more similar than the tagged ones do not hide the best of them (taking
+    the most similar of all, then filtering, found nothing here)."""
+    import numpy as np
+
+    from soul_mcp.core.text import content_key
+    from soul_mcp.models import NewMemory
+    from soul_mcp.storage import sqlite_vectors
+    from soul_mcp.storage.base import QueryVector, SearchQuery
+    from soul_mcp.storage.sqlite import SQLiteStore
+
+    # Gathered: only the tagged memory's vector is multiplied; otherwise all are, then set aside.
+    monkeypatch.setattr(sqlite_vectors, "GATHER_BELOW", 0.25 if gather else 0.0)
+    model = StubModel()
+    store = await SQLiteStore.open(db_path, synchronous="OFF")
+    try:
+
+        async def add(content: str, tags: list[str], session: str) -> str:
+            memory, _ = await store.add_memory(
+                NewMemory(
+                    content=content, content_key=content_key(content), kind="fact", tags=tags,
+                    importance=3, occurred_at="2024-05-08T10:00:00Z", author="tester", session_id=session,
+                ),
+                "2024-05-08T10:00:00Z",
+            )  # fmt: skip
+            return memory.id
+
+        for n in range(1100):
+            await add(f"puppy puppies number {n}", [], "s1")
+        for n in range(1500):  # unrelated: the mean similarity stays low
+            await add(f"sqlite database number {n}", [], "s1")
+        tagged = await add("A puppy joined the quarterly report", ["pets"], "s2")
+        await add("The quarterly report is due on Friday", ["pets"], "s3")
+        await add("We went hiking in the Alps", ["pets"], "s4")
+        jobs, _ = await store.pending_embeddings(model.name, 5000)
+        assert len(jobs) == 2603
+        await store.save_embeddings(model.name, jobs, model.embed_passages([job.text for job in jobs]))
+
+        query = model.embed_queries(["dogs"])[0]  # no memory holds the word: only vectors find them
+        hits = await store.search(
+            SearchQuery(terms=("dogs",), tags=("pets",), vector=QueryVector(model.name, vector=query))
+        )
+        assert [hit.memory.id for hit in hits] == [tagged]  # the other two: less similar than most
+        unfiltered = await store.search(
+            SearchQuery(terms=("dogs",), vector=QueryVector(model.name, vector=query))
+        )
+        assert tagged not in {hit.memory.id for hit in unfiltered} and len(unfiltered) == 10
+        assert np.isfinite([hit.score for hit in hits + unfiltered]).all()
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_the_mean_vector_gives_the_mean_similarity_of_the_vectors_held() -> None:
+    """A filtered recall multiplies only the vectors that pass; the mean similarity of all of them
+    comes from their mean vector, which must leave out dropped vectors and follow every change."""
+    import numpy as np
+
+    from soul_mcp.storage.sqlite_vectors import VectorCache
+
+    rng = np.random.default_rng(3)
+    cache = VectorCache("stub")
+
+    def rows(first_id: int, rowids: list[int]) -> list[tuple[int, int, int, bytes]]:
+        vectors = rng.standard_normal((len(rowids), 8)).astype("<f4")
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return [
+            (first_id + i, r, 8, v.tobytes()) for i, (r, v) in enumerate(zip(rowids, vectors, strict=True))
+        ]
+
+    query = rng.standard_normal(8).astype(np.float32)
+
+    async def check() -> None:
+        sims = await cache.similarities(query)
+        held = cache.rowids[: cache.size] > 0
+        assert float(query @ cache.mean_vector()) == pytest.approx(float(sims[held].mean()), abs=1e-6)
+
+    cache.add(rows(1, list(range(1, 301))))
+    await check()
+    cache.drop([5, 17, 200])
+    await check()
+    cache.add(rows(301, [17, 400, 401]))  # 17 embedded again, two new
+    await check()
+    cache.add(rows(304, [9]))  # embedded again: its column is overwritten
+    await check()

@@ -175,7 +175,7 @@ class BackgroundIndexer:
             wait = min(self._busy_at + QUIET_S, deadline) - time.monotonic()
             if wait <= 0:
                 return
-            await anyio.sleep(wait)
+            await anyio.to_thread.run_sync(self._stop.wait, wait)  # returns at once on stop()
 
 
 class SemanticSearch:

@@ -62,10 +62,11 @@ log = logging.getLogger(__name__)
 
 NEIGHBOUR_CHARS = 500
 DENSE_WEIGHT = 0.5
-# How many of the most similar memories join the BM25 matches as candidates. With a filter, more are
-# taken, since the most similar ones may not pass it.
+# How many of the most similar memories (among those that pass the filters) join the BM25 matches.
 DENSE_CANDIDATES = 100
-DENSE_CANDIDATES_FILTERED = 1000
+# With filters that fewer than this share of the memories pass, only theirs are multiplied with the
+# query (gathered first); otherwise all, and the others are set aside afterwards.
+GATHER_BELOW = 0.25
 # Neighbours are looked up for the best candidates only: only they can lift a neighbour into a page.
 HYBRID_LENDERS = 100
 # Above this many vectors the similarity product runs on worker threads, not on the event loop.
@@ -105,6 +106,7 @@ class VectorCache:
         self.rowids: Any = None
         self.column_of: Any = None  # memory rowid -> matrix column, -1 for none (numpy array)
         self.expected: int | None = None  # how many vectors the first load brings
+        self._mean: Any = None  # mean_vector(), until the vectors change
         self.changes_seen = 0  # position in the recall index's change feed
 
     def column(self, rowid: int) -> int | None:
@@ -116,6 +118,7 @@ class VectorCache:
 
     def drop(self, rowids: list[int]) -> None:
         """Forget these memories' vectors (their columns stay, marked with rowid 0)."""
+        self._mean = None
         for rowid in rowids:
             column = self.column(rowid)
             if column is not None:
@@ -137,6 +140,7 @@ class VectorCache:
         self.last_id = max(self.last_id, rows[-1][0])
         if not rows_ok:
             return
+        self._mean = None
         vectors = np.frombuffer(b"".join(r[3] for r in rows_ok), dtype="<f4").reshape(len(rows_ok), self.dims)
         rowids = np.array([r[1] for r in rows_ok], dtype=np.int64)
         top = int(rowids.max())
@@ -176,14 +180,28 @@ class VectorCache:
             rowids[: self.size] = self.rowids[: self.size]
         self.matrix, self.ids, self.rowids = matrix, ids, rowids
 
-    async def similarities(self, vector: np.ndarray) -> np.ndarray:
-        """The query's cosine similarity with each column. A large product runs on worker threads,
-        one per core up to PRODUCT_THREADS: it is bound by memory bandwidth, and two threads took
-        5.1 ms instead of 6.4 at 100k memories (2-core machine, bench/README.md)."""
+    def mean_vector(self) -> np.ndarray:
+        """The mean of the vectors held (not dropped): its product with a query is the query's mean
+        similarity, without a product with every vector. Kept until the vectors change."""
+        if self._mean is None:
+            held = self.rowids[: self.size] > 0
+            matrix = self.matrix[:, : self.size]
+            total = matrix.sum(axis=1, dtype="float64")
+            if not held.all():
+                total -= matrix[:, ~held].sum(axis=1, dtype="float64")
+            self._mean = (total / max(int(held.sum()), 1)).astype("float32")
+        return self._mean
+
+    async def similarities(self, vector: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """The query's cosine similarity with each column, or with `columns` only. A large product
+        runs on worker threads, one per core up to PRODUCT_THREADS: it is bound by memory bandwidth,
+        and two threads took 5.1 ms instead of 6.4 at 100k memories (2-core machine, bench/README.md)."""
         import numpy as np
 
-        size = self.size
         vector = vector.astype("float32", copy=False)
+        if columns is not None:  # a few: gathered, then multiplied
+            return await anyio.to_thread.run_sync(np.matmul, vector, self.matrix[:, columns])
+        size = self.size
         out = np.empty(size, dtype=np.float32)
         if size <= THREAD_ABOVE:
             np.matmul(vector, self.matrix[:, :size], out=out)
@@ -434,25 +452,44 @@ class SQLiteVectors:
         if vector is None:
             return None
         vector = np.asarray(vector, dtype=np.float32)
+        # With filters, only the memories that pass them can be found: the most similar are looked
+        # for among them (the mean similarity stays that of all memories).
+        filtered = any(value is not None for value in filters.values())
+        passing = None
+        if filtered:
+            async with index.lock:
+                passing = index.keep(np.arange(1, index.top + 1), **filters)
         # Under the cache's lock, and from here on with a snapshot of what it held: a recall running
         # at the same time may add vectors (columns) or drop some meanwhile.
         async with cache.lock:
             size = cache.size
-            sims = await cache.similarities(vector)
             owner = cache.rowids[:size].copy()  # the memory of each column; 0: dropped
             column_of = cache.column_of  # may change later: each look-up is checked against `owner`
-        held = owner > 0
-        if not held.any():
-            return None
-        dropped = not held.all()
-        mean = float(sims[held].mean() if dropped else sims.mean())
+            if passing is None:
+                eligible = owner > 0  # the columns that may be found: those not dropped
+            else:
+                passing_columns = column_of[passing[passing < len(column_of)]]
+                passing_columns = passing_columns[(passing_columns >= 0) & (passing_columns < size)]
+                eligible = np.zeros(size, dtype=bool)
+                eligible[passing_columns[owner[passing_columns] > 0]] = True
+            columns = np.flatnonzero(eligible)
+            if len(columns) == 0:
+                return None
+            gather = len(columns) < GATHER_BELOW * size
+            similar = await cache.similarities(vector, columns if gather else None)
+            if gather:  # the mean similarity of all held vectors, from the mean of the vectors
+                mean = float(vector @ await anyio.to_thread.run_sync(cache.mean_vector))
+        if gather:  # similarities of the eligible columns only; the others can never be found
+            sims = np.full(size, -np.inf, dtype=np.float32)
+            sims[columns] = similar
+        else:
+            sims = similar
+            mean = float(sims[owner > 0].mean())
+        all_eligible = len(columns) == size
 
-        # 1. Candidates: the BM25 matches and the memories most similar to the query (more of them
-        # with a filter, since the most similar ones may not pass it).
-        filtered = any(value is not None for value in filters.values())
-        take = min(size, DENSE_CANDIDATES_FILTERED if filtered else DENSE_CANDIDATES)
-        top = most_similar(np.where(held, sims, -np.inf) if dropped else sims, take)
-        top = top[held[top]]
+        # 1. Candidates: the BM25 matches and the memories most similar to the query.
+        top = most_similar(sims if all_eligible else np.where(eligible, sims, -np.inf), DENSE_CANDIDATES)
+        top = top[eligible[top]]
         best = float(sims[top].max())
         spread = best - mean if best > mean else 1.0
         best_bm25 = float(scores[0]) if len(scores) else 1.0
