@@ -545,7 +545,7 @@ async def test_a_filter_finds_the_most_similar_among_the_memories_that_pass_it(
     from soul_mcp.storage.sqlite import SQLiteStore
 
     # Gathered: only the tagged memory's vector is multiplied; otherwise all are, then set aside.
-    monkeypatch.setattr(sqlite_vectors, "GATHER_BELOW", 0.25 if gather else 0.0)
+    monkeypatch.setattr(sqlite_vectors, "GATHER_MAX", 500 if gather else 0)
     model = StubModel()
     store = await SQLiteStore.open(db_path, synchronous="OFF")
     try:

@@ -382,9 +382,23 @@ class RecallIndex:
     ) -> np.ndarray:
         """Those of `rowids` (ascending) that are active and pass the filters; `within` and
         `without` are ascending rowid arrays: a memory must be in the first and not in the second."""
+        return rowids[self.passing(rowids, since, until, kind, within, without)]
 
-        rowids = rowids[(rowids > 0) & (rowids <= self.top)]
-        ok = self.active[rowids]
+    def passing(
+        self,
+        rowids: np.ndarray,
+        since: str | None = None,
+        until: str | None = None,
+        kind: str | None = None,
+        within: np.ndarray | None = None,
+        without: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """keep()'s test as a mask over `rowids`, which may come in any order."""
+        import numpy as np
+
+        ok = (rowids > 0) & (rowids <= self.top)
+        rowids = np.where(ok, rowids, 0)
+        ok &= self.active[rowids]
         if since is not None:
             ok &= self.when[rowids] >= _moments([since])[0]
         if until is not None:
@@ -396,7 +410,7 @@ class RecallIndex:
             ok &= _among(rowids, within)
         if without is not None and len(without):
             ok &= ~_among(rowids, without)
-        return rowids[ok]
+        return ok
 
     def rank(self, words: list[Postings], limit: int, **filters: Any) -> tuple[np.ndarray, np.ndarray]:
         """The `limit` best memories holding any of the words and passing the filters (see keep), by
