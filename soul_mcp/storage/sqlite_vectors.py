@@ -484,18 +484,18 @@ class SQLiteVectors:
                         eligible[columns_of(tagged, column_of, owner)] = True
                     else:
                         eligible &= index.passing(owner, **filters)
-            columns = np.flatnonzero(eligible)
-            if len(columns) == 0:
+            eligible_count = int(np.count_nonzero(eligible))
+            if eligible_count == 0:
                 return None
-            gather = len(columns) <= GATHER_MAX and len(columns) < size // 2
-            similar = await cache.similarities(vector, columns if gather else None)
+            columns = np.flatnonzero(eligible) if eligible_count <= min(GATHER_MAX, size // 2) else None
+            similar = await cache.similarities(vector, columns)
             mean = float(vector @ cache.mean_vector())  # over all held vectors, filtered or not
-        if gather:  # similarities of the eligible columns only; the others can never be found
+        if columns is not None:  # similarities of the eligible columns only; the others are never found
             sims = np.full(size, -np.inf, dtype=np.float32)
             sims[columns] = similar
         else:
             sims = similar
-        all_eligible = len(columns) == size
+        all_eligible = eligible_count == size
 
         # 1. Candidates: the BM25 matches and the memories most similar to the query.
         top = most_similar(sims if all_eligible else np.where(eligible, sims, -np.inf), DENSE_CANDIDATES)
@@ -516,10 +516,10 @@ class SQLiteVectors:
                 matched = lexical_rowids[at] == memories
                 out[matched] = lexical[at[matched]]
             # A memory's column, if it has one in this snapshot (`owner` says whose it was then).
-            columns = column_of[np.minimum(memories, len(column_of) - 1)]
-            has = (columns >= 0) & (columns < size)
-            has[has] &= owner[columns[has]] == memories[has]
-            out[has] += DENSE_WEIGHT * np.maximum((sims[columns[has]] - mean) / spread, 0.0) ** 2
+            at_column = column_of[np.minimum(memories, len(column_of) - 1)]
+            has = (at_column >= 0) & (at_column < size)
+            has[has] &= owner[at_column[has]] == memories[has]
+            out[has] += DENSE_WEIGHT * np.maximum((sims[at_column[has]] - mean) / spread, 0.0) ** 2
             return out
 
         async with index.lock:
