@@ -371,18 +371,9 @@ class RecallIndex:
 
     # Ranking ----------------------------------------------------------------------------------
 
-    def keep(
-        self,
-        rowids: np.ndarray,
-        since: str | None = None,
-        until: str | None = None,
-        kind: str | None = None,
-        within: np.ndarray | None = None,
-        without: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Those of `rowids` (ascending) that are active and pass the filters; `within` and
-        `without` are ascending rowid arrays: a memory must be in the first and not in the second."""
-        return rowids[self.passing(rowids, since, until, kind, within, without)]
+    def keep(self, rowids: np.ndarray, **filters: Any) -> np.ndarray:
+        """Those of `rowids` that are active and pass the filters (those of passing())."""
+        return rowids[self.passing(rowids, **filters)]
 
     def passing(
         self,
@@ -393,7 +384,8 @@ class RecallIndex:
         within: np.ndarray | None = None,
         without: np.ndarray | None = None,
     ) -> np.ndarray:
-        """keep()'s test as a mask over `rowids`, which may come in any order."""
+        """Which of `rowids` (in any order) are active and pass the filters, as a mask; `within` and
+        `without` are ascending rowid arrays: a memory must be in the first and not in the second."""
         import numpy as np
 
         ok = (rowids > 0) & (rowids <= self.top)
