@@ -218,13 +218,15 @@ class VectorCache:
         return out
 
 
-def columns_of(rowids: np.ndarray, column_of: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """The columns that hold these memories' vectors in a snapshot (`owner`: each column's memory)."""
-    rowids = rowids[rowids < len(column_of)]
-    columns = column_of[rowids]
-    held = (columns >= 0) & (columns < len(owner))
-    columns, rowids = columns[held], rowids[held]
-    return columns[owner[columns] == rowids]
+def columns_of(rowids: np.ndarray, column_of: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of these memories have a vector in a snapshot (`owner`: each column's memory, as
+    `column_of` may have changed since), as a mask over `rowids`, and the columns of those that do."""
+    import numpy as np
+
+    columns = column_of[np.minimum(rowids, len(column_of) - 1)]
+    has = (rowids < len(column_of)) & (columns >= 0) & (columns < len(owner))
+    has[has] &= owner[columns[has]] == rowids[has]
+    return has, columns[has]
 
 
 def most_similar(sims: np.ndarray, take: int) -> np.ndarray:
@@ -481,7 +483,7 @@ class SQLiteVectors:
                         others = {k: v for k, v in filters.items() if k != "within"}
                         tagged = index.keep(filters["within"], **others)
                         eligible = np.zeros(size, dtype=bool)
-                        eligible[columns_of(tagged, column_of, owner)] = True
+                        eligible[columns_of(tagged, column_of, owner)[1]] = True
                     else:
                         eligible &= index.passing(owner, **filters)
             eligible_count = int(np.count_nonzero(eligible))
@@ -515,11 +517,8 @@ class SQLiteVectors:
             if len(lexical_rowids):
                 matched = lexical_rowids[at] == memories
                 out[matched] = lexical[at[matched]]
-            # A memory's column, if it has one in this snapshot (`owner` says whose it was then).
-            at_column = column_of[np.minimum(memories, len(column_of) - 1)]
-            has = (at_column >= 0) & (at_column < size)
-            has[has] &= owner[at_column[has]] == memories[has]
-            out[has] += DENSE_WEIGHT * np.maximum((sims[at_column[has]] - mean) / spread, 0.0) ** 2
+            has, at_columns = columns_of(memories, column_of, owner)
+            out[has] += DENSE_WEIGHT * np.maximum((sims[at_columns] - mean) / spread, 0.0) ** 2
             return out
 
         async with index.lock:
