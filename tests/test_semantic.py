@@ -428,7 +428,7 @@ async def test_a_vector_dropped_by_another_process_stops_counting_at_once(
         (shoe_rowid,) = (
             sqlite3.connect(db_path).execute("SELECT rowid FROM memories WHERE id = ?", (shoe,)).fetchone()
         )
-        assert cache.column(shoe_rowid) is not None
+        assert cache.slot(shoe_rowid) is not None
     finally:
         await server.close()
         await other.close()
@@ -586,15 +586,22 @@ async def test_a_filter_finds_the_most_similar_among_the_memories_that_pass_it(
 
 
 @pytest.mark.anyio
-async def test_the_mean_vector_gives_the_mean_similarity_of_the_vectors_held() -> None:
+@pytest.mark.parametrize("half", [True, False], ids=["float16-simsimd", "float32-numpy"])
+async def test_the_mean_similarity_is_that_of_the_vectors_held(
+    half: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A filtered recall multiplies only the vectors that pass; the mean similarity of all of them
-    comes from their mean vector, which must leave out dropped vectors and follow every change."""
+    comes from their running sum, which must leave out dropped vectors and follow every change."""
     import numpy as np
 
+    from soul_mcp.storage import sqlite_vectors
     from soul_mcp.storage.sqlite_vectors import VectorCache
 
+    if not half:  # as without the semantic extra's simsimd
+        monkeypatch.setattr(sqlite_vectors, "simsimd_module", lambda: None)
     rng = np.random.default_rng(3)
     cache = VectorCache("stub")
+    assert cache.dtype == (np.float16 if half else np.float32)
 
     def rows(first_id: int, rowids: list[int]) -> list[tuple[int, int, int, bytes]]:
         vectors = rng.standard_normal((len(rowids), 8)).astype("<f4")
@@ -608,7 +615,7 @@ async def test_the_mean_vector_gives_the_mean_similarity_of_the_vectors_held() -
     async def check() -> None:
         sims = await cache.similarities(query)
         held = cache.rowids[: cache.size] > 0
-        assert float(query @ cache.mean_vector()) == pytest.approx(float(sims[held].mean()), abs=1e-6)
+        assert cache.mean_similarity(query) == pytest.approx(float(sims[held].mean()), abs=1e-6)
 
     cache.add(rows(1, list(range(1, 301))))
     await check()
@@ -616,5 +623,63 @@ async def test_the_mean_vector_gives_the_mean_similarity_of_the_vectors_held() -
     await check()
     cache.add(rows(301, [17, 400, 401]))  # 17 embedded again, two new
     await check()
-    cache.add(rows(304, [9]))  # embedded again: its column is overwritten
+    cache.add(rows(304, [9]))  # embedded again: its row is overwritten
     await check()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("half", [True, False], ids=["float16-simsimd", "float32-numpy"])
+@pytest.mark.parametrize("threaded", [True, False], ids=["threads", "one-call"])
+async def test_every_vector_is_compared_with_the_query(
+    half: bool, threaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exact search: each held vector's similarity is its true product with the query, within
+    float16's rounding when the rows are half precision (simsimd), within float32's otherwise; for
+    all rows (split over threads or not) and for a gathered few."""
+    import numpy as np
+
+    from soul_mcp.storage import sqlite_vectors
+    from soul_mcp.storage.sqlite_vectors import VectorCache
+
+    if not half:
+        monkeypatch.setattr(sqlite_vectors, "simsimd_module", lambda: None)
+    monkeypatch.setattr(sqlite_vectors, "THREAD_ABOVE", 100 if threaded else 10**9)
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((3001, 384))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cache = VectorCache("stub")
+    for start in range(0, 3001, 1000):  # loaded in batches, as from the table
+        cache.add(
+            [
+                (i + 1, i + 1, 384, vectors[i].astype("<f4").tobytes())
+                for i in range(start, min(start + 1000, 3001))
+            ]
+        )
+    query = rng.standard_normal(384)
+    query /= np.linalg.norm(query)
+    exact = vectors @ query  # float64, from the float32 vectors' source
+    tolerance = 2e-4 if half else 1e-5
+
+    sims = await cache.similarities(query.astype(np.float32))
+    assert sims.dtype == np.float32 and len(sims) == 3001
+    assert np.abs(sims - exact).max() < tolerance
+    assert np.argmax(sims) == np.argmax(exact)  # not a near-tie here: the best is the best
+    few = np.arange(5, 3001, 7)
+    gathered = await cache.similarities(query.astype(np.float32), few)
+    assert np.abs(gathered - exact[few]).max() < tolerance
+    assert np.allclose(gathered, sims[few], rtol=0, atol=1e-6)  # the same kernel either way
+
+
+def test_numpy_blas_stays_on_the_calling_thread_once_vectors_are_held() -> None:
+    """OpenBLAS's own worker threads spin after a product and slowed the next query's embedding
+    several times over; holding vectors limits BLAS to one thread (the product splits itself)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from soul_mcp.storage import sqlite_vectors
+
+    threadpool_limits(2, user_api="blas")  # as numpy starts on a machine with 2 cores or more
+    sqlite_vectors.blas_on_one_thread.cache_clear()  # once per process: this one may have held some
+    sqlite_vectors.VectorCache("stub")
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas, "numpy's BLAS was not found"
+    assert all(pool["num_threads"] == 1 for pool in blas)

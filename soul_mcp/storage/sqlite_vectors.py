@@ -27,10 +27,10 @@ in the same context. A memory without a (current) embedding gets no dense part. 
 scores did at least as well as weighted reciprocal rank fusion (RRF throws away how far ahead the
 best match is).
 
-Exact search: all vectors of the model are held in memory as one float32 matrix (VectorCache), per
-process, and refreshed incrementally by embedding row id, which only grows; the cost is one
-matrix-vector product per query, split over two threads (5 to 6 ms at 100k memories on the 2-core
-machine of bench/; it reads the whole matrix, so memory bandwidth bounds it).
+Exact search: all vectors of the model are held in memory as one matrix (VectorCache, float16 with
+simsimd), per process, and refreshed incrementally by embedding row id, which only grows; the cost
+is one matrix-vector product per query, split over two threads (2.5 to 4 ms at 100k memories on the
+2-core machine of bench/; it reads the whole matrix, so memory bandwidth bounds it).
 Vectors dropped from the table (a neighbour changed status, a memory was purged) are found through
 the recall index's change feed (RecallIndex.changes_since): only the memories beside a change are
 checked against the table. Filters and contexts come from the recall index too, so a hybrid recall
@@ -39,6 +39,7 @@ reads no memory rows but the page it returns.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -65,10 +66,10 @@ DENSE_WEIGHT = 0.5
 # How many of the most similar memories (among those that pass the filters) join the BM25 matches.
 DENSE_CANDIDATES = 100
 # With filters that at most this many memories pass, only their vectors are multiplied with the query;
-# otherwise all are, and the others set aside. Gathering columns of the (dims x memories) matrix reads
-# a cache line per dimension and column: at 100k memories 500 columns took 0.5 ms, 2,000 as long as
-# the product with all of them (5.5 ms).
-GATHER_MAX = 500
+# otherwise all are, and the others set aside. A memory's vector is one row, so gathering is cheap: at
+# 100k memories (float16, simsimd) 5,000 rows gathered and multiplied took 0.7 ms, 10,000 2.0 ms, and
+# the product with all of them on two threads 2.7 ms.
+GATHER_MAX = 5_000
 # Neighbours are looked up for the best candidates only: only they can lift a neighbour into a page.
 HYBRID_LENDERS = 100
 # Above this many vectors the similarity product runs on worker threads, not on the event loop.
@@ -92,42 +93,83 @@ def window_text(previous: str | None, content: str) -> str:
     return previous + "\n" + content
 
 
+@functools.cache
+def blas_on_one_thread() -> None:
+    """Keep numpy's BLAS (OpenBLAS in numpy's wheels) to the calling thread, for the whole process.
+
+    OpenBLAS runs a large product on its own worker threads, which then spin for a while waiting for
+    more work. The query embedding that follows the next recall's product runs its model on every
+    core, and beside those spinning threads it took 70 to 110 ms instead of 12 (in process at 100k
+    memories, 2 cores; bimodal from run to run). similarities() splits the product over threads itself.
+    Done here, when vectors are first held, rather than by setting OPENBLAS_NUM_THREADS when soul_mcp
+    is imported: that works only if numpy is not loaded yet, and it would change a host program's
+    BLAS even without hybrid recall. threadpoolctl comes with the semantic extra; without it, BLAS
+    keeps its default.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        log.info("threadpoolctl is not installed: numpy's BLAS keeps its own threads")
+        return
+    threadpool_limits(1, user_api="blas")
+
+
+@functools.cache
+def simsimd_module() -> Any:
+    """simsimd (semantic extra) if installed, else None: then vectors are float32, multiplied by numpy."""
+    try:
+        import simsimd
+    except ImportError:
+        return None
+    return simsimd
+
+
 class VectorCache:
-    """One model's vectors in memory: a float32 matrix with one column per memory (this layout made
-    the product with a query about twice as fast as one row per memory), and per column the memory
-    rowid and the embedding id."""
+    """One model's vectors in memory: a matrix with one row (a "slot") per memory, and per slot the
+    memory rowid and the embedding id.
+
+    With simsimd (the semantic extra), rows are float16 and multiplied by simsimd's half-precision
+    kernel: the product reads half the bytes, and it is bound by memory bandwidth (100k memories x 384
+    dims, 2 cores: 2.7 ms instead of 4.9 for numpy on float32, and 77 MB less memory). Every vector is
+    still compared with the query (exact search); a similarity is off by less than 1e-4 (float16 has
+    11 bits of mantissa; sums are float32). Without simsimd, rows are float32 and numpy multiplies.
+    """
 
     def __init__(self, model: str) -> None:
+        import numpy as np
+
+        blas_on_one_thread()
         self.model = model
         self.lock = anyio.Lock()
+        self.dtype = np.float16 if simsimd_module() is not None else np.float32
         self.dims: int | None = None
         self.size = 0
         self.last_id = 0
         self.matrix: Any = None
         self.ids: Any = None
         self.rowids: Any = None
-        self.column_of: Any = None  # memory rowid -> matrix column, -1 for none (numpy array)
+        self.slot_of: Any = None  # memory rowid -> matrix row, -1 for none (numpy array)
         self.expected: int | None = None  # how many vectors the first load brings
-        # The sum and count of the vectors held (not dropped), kept up to date: mean_vector().
+        # The sum and count of the vectors held (not dropped), kept up to date: mean_similarity().
         self._total: Any = None
         self._held = 0
         self.changes_seen = 0  # position in the recall index's change feed
 
-    def column(self, rowid: int) -> int | None:
-        """The matrix column holding this memory's vector, if any."""
-        if self.column_of is None or not 0 <= rowid < len(self.column_of):
+    def slot(self, rowid: int) -> int | None:
+        """The matrix row holding this memory's vector, if any."""
+        if self.slot_of is None or not 0 <= rowid < len(self.slot_of):
             return None
-        column = int(self.column_of[rowid])
-        return column if column >= 0 else None
+        slot = int(self.slot_of[rowid])
+        return slot if slot >= 0 else None
 
     def drop(self, rowids: list[int]) -> None:
-        """Forget these memories' vectors (their columns stay, marked with rowid 0)."""
+        """Forget these memories' vectors (their rows stay, marked with rowid 0)."""
         for rowid in rowids:
-            column = self.column(rowid)
-            if column is not None:
-                self.rowids[column] = 0
-                self.column_of[rowid] = -1
-                self._total -= self.matrix[:, column]
+            slot = self.slot(rowid)
+            if slot is not None:
+                self.rowids[slot] = 0
+                self.slot_of[rowid] = -1
+                self._total -= self.matrix[slot]
                 self._held -= 1
 
     def add(self, rows: list[tuple[int, int, int, bytes]]) -> None:
@@ -148,85 +190,105 @@ class VectorCache:
         vectors = np.frombuffer(b"".join(r[3] for r in rows_ok), dtype="<f4").reshape(len(rows_ok), self.dims)
         rowids = np.array([r[1] for r in rows_ok], dtype=np.int64)
         top = int(rowids.max())
-        if self.column_of is None or top >= len(self.column_of):
-            grown = np.full(max(top + 1, 2 * (0 if self.column_of is None else len(self.column_of))), -1)
-            if self.column_of is not None:
-                grown[: len(self.column_of)] = self.column_of
-            self.column_of = grown
-        # A memory seen before keeps its column (embedded again: overwritten); a new one gets the next.
-        columns = np.empty(len(rows_ok), dtype=np.int64)
+        if self.slot_of is None or top >= len(self.slot_of):
+            grown = np.full(max(top + 1, 2 * (0 if self.slot_of is None else len(self.slot_of))), -1)
+            if self.slot_of is not None:
+                grown[: len(self.slot_of)] = self.slot_of
+            self.slot_of = grown
+        # A memory seen before keeps its row (embedded again: overwritten); a new one gets the next.
+        slots = np.empty(len(rows_ok), dtype=np.int64)
         size = self.size
         for i, rowid in enumerate(rowids.tolist()):
-            column = int(self.column_of[rowid])
-            if column < 0:
-                column = self.column_of[rowid] = size
+            slot = int(self.slot_of[rowid])
+            if slot < 0:
+                slot = self.slot_of[rowid] = size
                 size += 1
-            columns[i] = column
+            slots[i] = slot
         self._reserve(size)
-        changed = np.unique(columns)
+        changed = np.unique(slots)
         replaced = changed[self.rowids[changed] > 0]  # held before: embedded again
         if self._total is None:
             self._total = np.zeros(self.dims or 0)
-        self._total -= self.matrix[:, replaced].sum(axis=1, dtype=np.float64)
+        self._total -= self.matrix[replaced].sum(axis=0, dtype=np.float64)
         self.size = size
-        self.matrix[:, columns] = vectors.T
-        self._total += self.matrix[:, changed].sum(axis=1, dtype=np.float64)
+        self.matrix[slots] = vectors
+        self._total += self.matrix[changed].sum(axis=0, dtype=np.float64)
         self._held += len(changed) - len(replaced)
-        self.ids[columns] = [r[0] for r in rows_ok]
-        self.rowids[columns] = rowids
+        self.ids[slots] = [r[0] for r in rows_ok]
+        self.rowids[slots] = rowids
 
     def _reserve(self, needed: int) -> None:
         import numpy as np
 
-        capacity = 0 if self.matrix is None else self.matrix.shape[1]
+        capacity = 0 if self.matrix is None else self.matrix.shape[0]
         if needed <= capacity:
             return
         capacity = max(needed, 2 * capacity, 1024, (self.expected or 0) + 1024)
-        matrix = np.zeros((self.dims or 0, capacity), dtype=np.float32)
+        matrix = np.zeros((capacity, self.dims or 0), dtype=self.dtype)
         ids = np.zeros(capacity, dtype=np.int64)
         rowids = np.zeros(capacity, dtype=np.int64)
         if self.matrix is not None:
-            matrix[:, : self.size] = self.matrix[:, : self.size]
+            matrix[: self.size] = self.matrix[: self.size]
             ids[: self.size] = self.ids[: self.size]
             rowids[: self.size] = self.rowids[: self.size]
         self.matrix, self.ids, self.rowids = matrix, ids, rowids
 
-    def mean_vector(self) -> np.ndarray:
-        """The mean of the vectors held (not dropped): its product with a query is the query's mean
-        similarity, also when only some vectors are multiplied with it."""
-        return (self._total / max(self._held, 1)).astype("float32")
+    def query_vector(self, vector: np.ndarray) -> np.ndarray:
+        """The query as the product sees it: in the rows' precision."""
+        return vector.astype(self.dtype)
 
-    async def similarities(self, vector: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-        """The query's cosine similarity with each column, or with `columns` only. A large product
-        runs on worker threads, one per core up to PRODUCT_THREADS: it is bound by memory bandwidth,
-        and two threads took 5.1 ms instead of 6.4 at 100k memories (2-core machine, bench/README.md)."""
+    def mean_similarity(self, vector: np.ndarray) -> float:
+        """The query's mean similarity with the vectors held (not dropped), from their running sum:
+        the same whether all vectors or only some are multiplied with it."""
         import numpy as np
 
-        vector = vector.astype("float32", copy=False)
-        if columns is not None:  # a few: gathered, then multiplied
-            return await anyio.to_thread.run_sync(np.matmul, vector, self.matrix[:, columns])
+        query = self.query_vector(vector).astype(np.float64)
+        return float(query @ self._total) / max(self._held, 1)
+
+    async def similarities(self, vector: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
+        """The query's cosine similarity with each row, or with the rows `slots` only. A large
+        product runs on worker threads, one per core up to PRODUCT_THREADS: it is bound by memory
+        bandwidth, and both simsimd and numpy (with BLAS on one thread) run on the calling thread."""
+        import numpy as np
+
+        query = self.query_vector(vector)
+        if slots is not None:  # a few: gathered, then multiplied
+            return await anyio.to_thread.run_sync(self._product, query, self.matrix[slots])
         size = self.size
         out = np.empty(size, dtype=np.float32)
         if size <= THREAD_ABOVE:
-            np.matmul(vector, self.matrix[:, :size], out=out)
-            return out
+            return self._product(query, self.matrix[:size], out)
         bounds = [size * i // PRODUCT_THREADS for i in range(PRODUCT_THREADS + 1)]
         async with anyio.create_task_group() as tasks:
             for start, end in itertools.pairwise(bounds):
-                product = partial(np.matmul, vector, self.matrix[:, start:end], out=out[start:end])
+                product = partial(self._product, query, self.matrix[start:end], out[start:end])
                 tasks.start_soon(anyio.to_thread.run_sync, product)
         return out
 
+    @staticmethod
+    def _product(query: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """rows @ query as float32 (into `out` when given)."""
+        import numpy as np
 
-def columns_of(rowids: np.ndarray, column_of: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which of these memories have a vector in a snapshot (`owner`: each column's memory, as
-    `column_of` may have changed since), as a mask over `rowids`, and the columns of those that do."""
+        simsimd = simsimd_module()
+        if simsimd is None or rows.dtype != np.float16:
+            return np.matmul(rows, query, out=out)
+        if out is None:
+            out = np.empty(len(rows), dtype=np.float32)
+        if len(rows):
+            simsimd.cdist(query[None], rows, metric="dot", out=out[None], out_dtype="float32")
+        return out
+
+
+def slots_of(rowids: np.ndarray, slot_of: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of these memories have a vector in a snapshot (`owner`: each slot's memory, as
+    `slot_of` may have changed since), as a mask over `rowids`, and the slots of those that do."""
     import numpy as np
 
-    columns = column_of[np.minimum(rowids, len(column_of) - 1)]
-    has = (rowids < len(column_of)) & (columns >= 0) & (columns < len(owner))
-    has[has] &= owner[columns[has]] == rowids[has]
-    return has, columns[has]
+    slots = slot_of[np.minimum(rowids, len(slot_of) - 1)]
+    has = (rowids < len(slot_of)) & (slots >= 0) & (slots < len(owner))
+    has[has] &= owner[slots[has]] == rowids[has]
+    return has, slots[has]
 
 
 def most_similar(sims: np.ndarray, take: int) -> np.ndarray:
@@ -415,7 +477,7 @@ class SQLiteVectors:
                 cache.changes_seen = index.changes_since(0)[1]
             elif changed:
                 near = sorted(
-                    {r + step for r in changed for step in (-1, 0, 1) if cache.column(r + step) is not None}
+                    {r + step for r in changed for step in (-1, 0, 1) if cache.slot(r + step) is not None}
                 )
                 for start in range(0, len(near), LOOKUP_CHUNK):
                     chunk = near[start : start + LOOKUP_CHUNK]
@@ -426,7 +488,7 @@ class SQLiteVectors:
                             [model, *chunk],
                         )
                     )
-                    cache.drop([r for r in chunk if stored.get(r) != int(cache.ids[cache.column(r)])])
+                    cache.drop([r for r in chunk if stored.get(r) != int(cache.ids[cache.slot(r)])])
             if cache.expected is None:  # the first load: room for all at once, not grown by doubling
                 (cache.expected,) = (
                     await self._fetchall("SELECT count(*) FROM memory_embeddings WHERE model = ?", [model])
@@ -471,30 +533,30 @@ class SQLiteVectors:
         # for among them (the mean similarity stays that of all memories).
         filtered = any(value is not None for value in filters.values())
         # Under the cache's lock, and from here on with a snapshot of what it held: a recall running
-        # at the same time may add vectors (columns) or drop some meanwhile.
+        # at the same time may add vectors (slots) or drop some meanwhile.
         async with cache.lock:
             size = cache.size
-            owner = cache.rowids[:size].copy()  # the memory of each column; 0: dropped
-            column_of = cache.column_of  # may change later: each look-up is checked against `owner`
-            eligible = owner > 0  # the columns that may be found: not dropped, passing the filters
+            owner = cache.rowids[:size].copy()  # the memory of each slot; 0: dropped
+            slot_of = cache.slot_of  # may change later: each look-up is checked against `owner`
+            eligible = owner > 0  # the slots that may be found: not dropped, passing the filters
             if filtered:
                 async with index.lock:
-                    if filters.get("within") is not None:  # tags: from their memories to their columns
+                    if filters.get("within") is not None:  # tags: from their memories to their slots
                         others = {k: v for k, v in filters.items() if k != "within"}
                         tagged = index.keep(filters["within"], **others)
                         eligible = np.zeros(size, dtype=bool)
-                        eligible[columns_of(tagged, column_of, owner)[1]] = True
+                        eligible[slots_of(tagged, slot_of, owner)[1]] = True
                     else:
                         eligible &= index.passing(owner, **filters)
             eligible_count = int(np.count_nonzero(eligible))
             if eligible_count == 0:
                 return None
-            columns = np.flatnonzero(eligible) if eligible_count <= min(GATHER_MAX, size // 2) else None
-            similar = await cache.similarities(vector, columns)
-            mean = float(vector @ cache.mean_vector())  # over all held vectors, filtered or not
-        if columns is not None:  # similarities of the eligible columns only; the others are never found
+            slots = np.flatnonzero(eligible) if eligible_count <= min(GATHER_MAX, size // 2) else None
+            similar = await cache.similarities(vector, slots)
+            mean = cache.mean_similarity(vector)  # over all held vectors, filtered or not
+        if slots is not None:  # similarities of the eligible slots only; the others are never found
             sims = np.full(size, -np.inf, dtype=np.float32)
-            sims[columns] = similar
+            sims[slots] = similar
         else:
             sims = similar
         all_eligible = eligible_count == size
@@ -517,8 +579,8 @@ class SQLiteVectors:
             if len(lexical_rowids):
                 matched = lexical_rowids[at] == memories
                 out[matched] = lexical[at[matched]]
-            has, at_columns = columns_of(memories, column_of, owner)
-            out[has] += DENSE_WEIGHT * np.maximum((sims[at_columns] - mean) / spread, 0.0) ** 2
+            has, at_slots = slots_of(memories, slot_of, owner)
+            out[has] += DENSE_WEIGHT * np.maximum((sims[at_slots] - mean) / spread, 0.0) ** 2
             return out
 
         async with index.lock:
