@@ -535,7 +535,7 @@ async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
         rss_after = memory_kb(pid)
         # The later legs time recall in the steady state: not while a new server embeds what this
         # leg stored (each holds back for requests, but embeds every MAX_DEFER_S even under a stream).
-        catch_up_s = await asyncio.to_thread(wait_for_indexer, db)
+        catch_up_s = await wait_for_indexer(db)
 
     slowest.sort(key=lambda s: s["ms"], reverse=True)
     return {
@@ -555,29 +555,23 @@ async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
     }
 
 
-def unembedded(db: Path) -> int:
-    """How many active memories have no embedding by the local model yet."""
-    from soul_mcp.semantic.embedders import LocalE5
-
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(
-            "SELECT count(*) FROM memories m WHERE m.status = 'active' AND NOT EXISTS "
-            "(SELECT 1 FROM memory_embeddings e WHERE e.memory_rowid = m.rowid AND e.model = ?)",
-            [LocalE5.name],
-        ).fetchone()[0]
-    finally:
-        conn.close()
-
-
-def wait_for_indexer(db: Path, timeout_s: float = 600.0) -> float | None:
-    """In a hybrid run, wait until the running server's indexer has embedded every memory; returns
-    the seconds waited (None when recall is BM25 alone)."""
+async def wait_for_indexer(db: Path, timeout_s: float = 600.0) -> float | None:
+    """In a hybrid run, wait until the running server's indexer has embedded every active memory;
+    returns the seconds waited (None when recall is BM25 alone)."""
     if SEMANTIC == "off":
         return None
+    from soul_mcp.semantic.embedders import LocalE5
+
     started = time.perf_counter()
-    while unembedded(db) and time.perf_counter() - started < timeout_s:
-        time.sleep(0.5)
+    store = await SQLiteStore.open(db)
+    try:
+        while time.perf_counter() - started < timeout_s:
+            embedded, active = await store.embedding_counts(LocalE5.name)
+            if embedded >= active:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await store.close()
     return round(time.perf_counter() - started, 1)
 
 

@@ -248,7 +248,8 @@ class VectorCache:
     async def similarities(self, vector: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
         """The query's cosine similarity with each row, or with the rows `slots` only. A large
         product runs on worker threads, one per core up to PRODUCT_THREADS: it is bound by memory
-        bandwidth, and both simsimd and numpy (with BLAS on one thread) run on the calling thread."""
+        bandwidth, and each part runs on the thread that calls it (simsimd without threads of its
+        own, numpy's BLAS limited to one)."""
         import numpy as np
 
         query = self.query_vector(vector)
@@ -267,16 +268,15 @@ class VectorCache:
 
     @staticmethod
     def _product(query: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """rows @ query as float32 (into `out` when given)."""
+        """rows @ query as float32 (into `out` when given); float16 rows exist only with simsimd."""
         import numpy as np
 
-        simsimd = simsimd_module()
-        if simsimd is None or rows.dtype != np.float16:
+        if rows.dtype != np.float16:
             return np.matmul(rows, query, out=out)
         if out is None:
             out = np.empty(len(rows), dtype=np.float32)
         if len(rows):
-            simsimd.cdist(query[None], rows, metric="dot", out=out[None], out_dtype="float32")
+            simsimd_module().cdist(query[None], rows, metric="dot", out=out[None], out_dtype="float32")
         return out
 
 
