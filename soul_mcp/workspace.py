@@ -22,6 +22,9 @@ cannot say:
     - Maya prefers short answers with the code first.
       <!-- soul: at=2024-05-08T14:30:00Z kind=preference importance=4 tags=maya by=cli:maya -->
 
+The author a marker names is stored as `imported:<by>` (cut so that the whole stays within 100
+characters), so a file cannot pass for a client; export writes `by=` without that prefix.
+
 Continuation lines of an item are indented by two spaces, so a memory may hold lists, code blocks
 and blank lines. Marker values escape `%`, whitespace, `<` and `>` as %XX. An item with a marker
 keeps exactly the marker's date, kind, importance, tags and author (headings do not add tags to
@@ -33,13 +36,22 @@ history of each document. Ids and creation times are the database's own and are 
 Importing never revives what was let go: an item whose content matches a memory that is stored,
 forgotten or revised is skipped, so importing the same workspace again adds nothing. This module
 is domain-level: it calls AgentSelf, never the store's SQL.
+
+A workspace may come from anyone. Import reads only regular files: a symbolic link (unless
+follow_links and its target is a file inside the folder), a FIFO or a device is listed as not
+imported, never opened; files are opened without following links or blocking, checked through the
+descriptor and bounded in size (a document file by the document limit, a memory file by 64 MiB).
+Export never writes through a link inside the folder (the folder named may itself be one), and
+creates folders 0700 and files 0600.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +65,7 @@ from soul_mcp.core import AgentSelf, validate
 from soul_mcp.core.dates import parse_moment
 from soul_mcp.core.text import content_key, normalize_newlines
 from soul_mcp.errors import InvalidInput, NotFound
+from soul_mcp.files import PRIVATE_FILE_MODE, make_private_dirs
 from soul_mcp.models import Actor, DocumentName, Memory
 
 log = logging.getLogger(__name__)
@@ -129,6 +142,10 @@ class ExportSummary(BaseModel):
 _MARKER = re.compile(r"^[ \t]*<!-- soul: (.*) -->[ \t]*$")
 _ESCAPE = re.compile(r"[%\s<>\x00-\x1f\x7f]")
 MARKER_KEYS = ("at", "kind", "importance", "tags", "by")
+# An author read from a marker is stored as imported:<by>, so nobody passes for a client by writing
+# a file; export drops the prefix again. AUTHOR_CHARS is the longest author name an Actor keeps.
+IMPORTED_PREFIX = "imported:"
+AUTHOR_CHARS = 100
 
 
 def _escape(value: str) -> str:
@@ -139,7 +156,7 @@ def marker(memory: Memory) -> str:
     fields = [f"at={memory.occurred_at}", f"kind={memory.kind}", f"importance={memory.importance}"]
     if memory.tags:
         fields.append("tags=" + ",".join(_escape(t) for t in memory.tags))
-    fields.append(f"by={_escape(memory.author)}")
+    fields.append(f"by={_escape(memory.author.removeprefix(IMPORTED_PREFIX))}")
     return f"<!-- soul: {' '.join(fields)} -->"
 
 
@@ -362,41 +379,90 @@ def _pick(root: Path, wanted: str, by_lower: dict[str, list[str]]) -> str | None
     return names[0] if names else None
 
 
-def _find(root: Path) -> _Layout:
+_LINK = "a symbolic link; pass --follow-links to read links that stay inside the workspace"
+_LINK_OUT = "a link that leads out of the workspace: never read"
+_LINK_BROKEN = "a symbolic link to nothing"
+_NOT_REGULAR = "not a regular file"
+# Sizes checked before a file is read, so that no file can exhaust memory. A memory file has no
+# character limit of its own (it holds any number of memories): 64 MiB is far beyond real notes.
+MEMORY_FILE_BYTES = 64 * 1024 * 1024
+_READ_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+def _document_bytes(document_chars: int) -> int:
+    """The most a document file can hold and still pass: 4 UTF-8 bytes a character, and a BOM."""
+    return 4 * document_chars + 3
+
+
+def _look(path: Path, inside: Path, follow_links: bool) -> tuple[Path, Literal["file", "dir"]] | str:
+    """What a workspace entry is, without following it unless follow_links and it stays inside:
+    the path to read and whether it is a file or a folder, or why it is not read."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(inside):
+            return _LINK_OUT
+        if not follow_links:
+            return _LINK
+        try:
+            path, mode = target, os.lstat(target).st_mode  # realpath leaves no link in it
+        except OSError:
+            return _LINK_BROKEN
+    if stat.S_ISREG(mode):
+        return path, "file"
+    if stat.S_ISDIR(mode):
+        return path, "dir"
+    return _NOT_REGULAR
+
+
+def _find(root: Path, follow_links: bool) -> _Layout:
     try:
-        return _find_files(root)
+        return _find_files(root, follow_links)
     except OSError as exc:
         raise InvalidInput(f"cannot read the folder {exc.filename or root}: {exc.strerror or exc}") from None
 
 
-def _find_files(root: Path) -> _Layout:
-    entries = sorted(os.listdir(root))
-    files = [n for n in entries if (root / n).is_file()]
+def _find_files(root: Path, follow_links: bool) -> _Layout:
+    inside = Path(os.path.realpath(root))
+    files: dict[str, Path] = {}  # name -> the regular file to read
+    not_imported: list[str] = []
+    for name in sorted(os.listdir(root)):
+        if not name.lower().endswith(".md"):
+            continue
+        found = _look(root / name, inside, follow_links)
+        if isinstance(found, str):
+            not_imported.append(f"{name} ({found})")
+        elif found[1] == "file":
+            files[name] = found[0]
     by_lower: dict[str, list[str]] = {}
     for name in files:
         by_lower.setdefault(name.lower(), []).append(name)
     documents: dict[str, tuple[Path, str]] = {}
     for document, wanted in DOCUMENT_FILES.items():
         if name := _pick(root, wanted, by_lower):
-            documents[document] = (root / name, name)
+            documents[document] = (files[name], name)
     memory_files: list[_MemoryFile] = []
     if name := _pick(root, LONG_TERM_FILE, by_lower):
-        memory_files.append(_MemoryFile(root / name, name, None, [LONG_TERM_TAG], LONG_TERM_IMPORTANCE))
+        memory_files.append(_MemoryFile(files[name], name, None, [LONG_TERM_TAG], LONG_TERM_IMPORTANCE))
     known = {shown.lower() for _, shown in documents.values()} | {f.name.lower() for f in memory_files}
-    not_imported = [
-        f"{n} (soul-mcp has no place for it)"
-        for n in files
-        if n.lower().endswith(".md") and n.lower() not in known
-    ]
-    memory_dir = root / MEMORY_DIR
-    if memory_dir.is_dir():
-        for name in sorted(os.listdir(memory_dir)):
-            path = memory_dir / name
+    not_imported += [f"{n} (soul-mcp has no place for it)" for n in files if n.lower() not in known]
+    exists = os.path.lexists(root / MEMORY_DIR)
+    memory_dir = _look(root / MEMORY_DIR, inside, follow_links) if exists else None
+    if isinstance(memory_dir, str) and memory_dir != _NOT_REGULAR:  # a link, not followed
+        not_imported.append(f"{MEMORY_DIR}/ ({memory_dir})")
+    if isinstance(memory_dir, tuple) and memory_dir[1] == "dir":
+        for name in sorted(os.listdir(memory_dir[0])):
             shown = f"{MEMORY_DIR}/{name}"
-            if path.is_dir():
+            found = _look(memory_dir[0] / name, inside, follow_links)
+            if isinstance(found, tuple) and found[1] == "dir":
                 not_imported.append(f"{shown}/ (a folder; only memory/YYYY-MM-DD.md files are read)")
                 continue
             if not name.lower().endswith(".md"):
+                continue
+            if isinstance(found, str):
+                not_imported.append(f"{shown} ({found})")
                 continue
             day = _DAY_FILE.match(name)
             if not day:
@@ -409,7 +475,7 @@ def _find_files(root: Path) -> _Layout:
                 not_imported.append(f"{shown} ({day[1]} is not a real date)")
                 continue
             slug = heading_tag(day[2]) if day[2] and not time else None
-            memory_files.append(_MemoryFile(path, shown, occurred_at, [slug] if slug else [], None))
+            memory_files.append(_MemoryFile(found[0], shown, occurred_at, [slug] if slug else [], None))
         # Oldest day first, so memories are stored (and later exported) in time order.
         memory_files[:] = sorted(
             memory_files, key=lambda f: (f.occurred_at is not None, f.occurred_at or "", f.name)
@@ -417,15 +483,35 @@ def _find_files(root: Path) -> _Layout:
     return _Layout(documents, memory_files, not_imported)
 
 
-def _read_text(path: Path, shown: str) -> str:
+def _read_text(path: Path, shown: str, max_bytes: int, limit: str) -> str:
+    """The text of a file found by _find. Opened without following a link at its end and without
+    waiting on a FIFO, then checked through its descriptor: a file swapped for a link, a FIFO or
+    a device after it was listed is refused, and nothing larger than max_bytes is read."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise InvalidInput(
+                f"{shown} became a symbolic link during the import; nothing was imported"
+            ) from None
+        raise InvalidInput(f"{shown} cannot be read: {exc.strerror}; nothing was imported") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(
+                f"{shown} stopped being a regular file during the import; nothing was imported"
+            )
+        # Read one byte past the limit: a file that grew since fstat is caught too.
+        data = file.read(max_bytes + 1) if info.st_size <= max_bytes else b""
+    if info.st_size > max_bytes or len(data) > max_bytes:
+        size = max(info.st_size, len(data))
+        raise InvalidInput(f"{shown} has {size:,} bytes; {limit}; nothing was imported")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(
             f"{shown} is not UTF-8 text (byte {exc.start}); save it as UTF-8 and import again"
         ) from None
-    except OSError as exc:
-        raise InvalidInput(f"{shown} cannot be read: {exc.strerror}") from None
     return normalize_newlines(text.removeprefix("\ufeff"))
 
 
@@ -470,7 +556,12 @@ async def _forgotten_keys(agent_self: AgentSelf) -> set[str]:
 async def _plan_document(
     agent_self: AgentSelf, document: str, path: Path, shown: str
 ) -> tuple[DocumentImport, str | None]:
-    content = _read_text(path, shown)
+    chars = agent_self.limits.document_chars
+    limit = (
+        f"a document file may hold at most {_document_bytes(chars):,} bytes (the document limit is "
+        f"{chars:,} characters, SOUL_MCP_MAX_DOCUMENT_CHARS)"
+    )
+    content = _read_text(path, shown, _document_bytes(chars), limit)
     if not content.strip():
         return DocumentImport(
             document=document,  # type: ignore[arg-type]
@@ -508,9 +599,13 @@ def _marked(meta: dict[str, str], source: _MemoryFile, importer: str, imported_a
     importance = meta.get("importance")
     if importance is not None and not re.fullmatch(r"[1-5]", importance):
         raise InvalidInput(f"importance={importance} in the marker; use 1 to 5")
-    author = meta.get("by") or importer
+    author = importer
+    if by := meta.get("by"):
+        author = validate.text(by, "by= (the author)", 100).strip()
+        if not author.startswith(IMPORTED_PREFIX):
+            author = IMPORTED_PREFIX + author[: AUTHOR_CHARS - len(IMPORTED_PREFIX)]
     return {
-        "author": validate.text(author, "by= (the author)", 100).strip(),
+        "author": author,
         "kind": validate.kind(meta.get("kind")),
         "tags": [t for t in meta.get("tags", "").split(",") if t],
         "importance": int(importance) if importance else source.importance or 3,
@@ -562,16 +657,19 @@ async def import_workspace(
     actor: Actor,
     dry_run: bool = False,
     progress: Progress | None = None,
+    follow_links: bool = False,
 ) -> ImportSummary:
     """Bring a workspace folder into the self; with dry_run, only say what would change.
 
     Everything is read and checked before anything is written, so a bad file (too long, not
     UTF-8, a broken marker) stops the import with its name and line and nothing half-imported.
+    Only regular files are read: links (unless follow_links and they stay inside the folder),
+    FIFOs and devices are listed in not_imported.
     """
     from soul_mcp.core.dates import now_stored
 
     root = _workspace_dir(directory)
-    layout = _find(root)
+    layout = _find(root, follow_links)
     if not layout.documents and not layout.memory_files:
         raise InvalidInput(
             f"{root} holds none of the workspace files (SOUL.md, IDENTITY.md, USER.md, intent.md, "
@@ -588,9 +686,17 @@ async def import_workspace(
     files: list[FileImport] = []
     to_add: list[_PlannedMemory] = []
     not_imported = list(layout.not_imported)
+    memory_limit = (
+        f"a memory file may hold at most {MEMORY_FILE_BYTES // 2**20} MiB; split it into several "
+        "memory/YYYY-MM-DD.md files"
+    )
     for source in layout.memory_files:
         planned, summary, had_front_matter = _plan_memories(
-            agent_self, source, _read_text(source.path, source.name), actor.name, imported_at
+            agent_self,
+            source,
+            _read_text(source.path, source.name, MEMORY_FILE_BYTES, memory_limit),
+            actor.name,
+            imported_at,
         )
         if had_front_matter:
             not_imported.append(f"{source.name}: its front matter (memory files keep only their items)")
@@ -643,17 +749,15 @@ async def import_workspace(
 # Export ----------------------------------------------------------------------------------------
 
 
-def _new_file_mode() -> int:
-    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Write beside the target and rename over it, so a crash never leaves half a file. The file
-    keeps its permissions when replaced; a new one gets the usual ones (mkstemp's are 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode()
+    """Write beside the target and rename over it, so a crash never leaves half a file (and the
+    rename replaces a link rather than writing through it). A replaced file keeps its mode."""
+    make_private_dirs(path.parent)
+    try:
+        info = os.lstat(path)
+        mode = stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else PRIVATE_FILE_MODE
+    except FileNotFoundError:
+        mode = PRIVATE_FILE_MODE
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -663,6 +767,45 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        return stat.S_ISREG(info.st_mode) and info.st_size == len(data) and file.read(len(data) + 1) == data
+
+
+def _export_action(root: Path, name: str, data: bytes) -> Literal["created", "replaced", "unchanged"]:
+    """What writing data to root/name would do; refused when a link or a special file is in the way.
+    The folder given is followed if it is a link (the user chose it); nothing inside it is."""
+    path = root
+    for part in name.split("/"):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return "created"  # writing fails later if a file stands where a folder should
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
+        if stat.S_ISLNK(mode):
+            raise InvalidInput(
+                f"{path} is a symbolic link; export does not write through links: remove it or export "
+                "into another folder; nothing was written"
+            )
+    if not stat.S_ISREG(mode):
+        raise InvalidInput(
+            f"{path} is not a regular file; export replaces only regular files: remove it or export "
+            "into another folder; nothing was written"
+        )
+    return "unchanged" if _same_bytes(path, data) else "replaced"
+
+
+def _real_dir(path: Path) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
 
 
 async def export_workspace(
@@ -718,26 +861,23 @@ async def export_workspace(
             "the database only (an export holds the active self)"
         )
 
-    files: list[ExportFile] = []
-    for name, (text, count) in rendered.items():
-        path = root / name
-        data = text.encode("utf-8")
+    # Every target is checked before the first write, so a link in the way stops the whole export.
+    files = [
+        ExportFile(file=name, action=_export_action(root, name, text.encode("utf-8")), memories=count)
+        for name, (text, count) in rendered.items()
+    ]
+    done: list[str] = []
+    for f in files:
+        if dry_run or f.action == "unchanged":
+            continue
         try:
-            if not path.exists():
-                action: Literal["created", "replaced", "unchanged"] = "created"
-            elif path.is_file() and path.read_bytes() == data:
-                action = "unchanged"
-            else:
-                action = "replaced"
-            if not dry_run and action != "unchanged":
-                _write_atomically(path, data)
+            _write_atomically(root / f.file, rendered[f.file][0].encode("utf-8"))
         except OSError as exc:
-            done = [f.file for f in files if f.action != "unchanged" and not dry_run]
             raise InvalidInput(
-                f"cannot write {path}: {exc.strerror or exc}"
+                f"cannot write {root / f.file}: {exc.strerror or exc}"
                 + (f"; already written: {', '.join(done)}" if done else "; nothing was written")
             ) from None
-        files.append(ExportFile(file=name, action=action, memories=count))
+        done.append(f.file)
 
     left_alone: list[str] = []
     if root.is_dir():
@@ -746,7 +886,7 @@ async def export_workspace(
             for n in os.listdir(root)
             if n.lower() in {f.lower() for f in (*DOCUMENT_FILES.values(), LONG_TERM_FILE)}
         ]
-        if (root / MEMORY_DIR).is_dir():
+        if _real_dir(root / MEMORY_DIR):
             candidates += [
                 f"{MEMORY_DIR}/{n}" for n in os.listdir(root / MEMORY_DIR) if n.lower().endswith(".md")
             ]
@@ -823,6 +963,6 @@ def render_export(summary: ExportSummary) -> str:
     lines += summary.notes
     lines.append(
         f"{summary.documents} document{'s' if summary.documents != 1 else ''} and "
-        f"{summary.memories} memor{'y' if summary.memories == 1 else 'ies'} in {len(summary.files)} files."
+        f"{summary.memories} memor{'y' if summary.memories == 1 else 'ies'} in {len(summary.files)} file{'' if len(summary.files) == 1 else 's'}."
     )
     return "\n".join(lines)
