@@ -9,13 +9,21 @@ file and given at once, while a background thread imports the SDK and builds the
 Everything else stays the SDK's work. It receives every message the client sent, in order, the
 `initialize` answered early included (so its session knows the client's name and capabilities:
 memories are signed with that name); its own answers to ids that were already answered are dropped
-on the way out. Nothing here parses or builds protocol objects beyond reading those two requests.
+on the way out. Nothing here builds protocol objects, and beyond the stdio guard nothing parses more
+than those two requests.
 
     stdin ─▶ reader thread ─▶ inbox ─┬─▶ before the server is ready: the main thread answers
                                      │   initialize and tools/list from the cache, keeps the rest
                                      └─▶ once ready: _LineSource ─▶ the SDK's stdio_server ─▶ server
+                                         (the stdio guard: answers, via _Wire, what the SDK would drop)
     stdout ◀─ _Wire ◀─ _Sink ◀─ SDK (drops answers already given; copies new handshake answers
                                       into the cache)
+
+The stdio guard (stdio_guard.py): the SDK drops a line it cannot parse (invalid JSON or UTF-8, a
+lone surrogate, params that are not an object, an id of the wrong type) without answering, so the
+client would wait for its timeout. Each line is checked before the SDK reads it; such a line gets
+a JSON-RPC error answer instead, written through the same _Wire, one whole line at a time. Nothing
+is answered from the cache for a line the guard will refuse.
 
 The cache: a JSON file in the user cache folder (`SOUL_MCP_CACHE_DIR` overrides the folder),
 named after and valid only for the fingerprint it was written with: soul-mcp's version and source
@@ -38,7 +46,8 @@ depend on the code, the installed packages and the settings, never on the databa
 Not accelerated, only passed through: clients of the 2026-07-28 era (no handshake: they open with
 `server/discover`), and a handshake at a protocol version the cache does not hold yet. Their
 messages wait, in order, until the SDK is ready, as in a plain start. SOUL_MCP_WARM_START=0 turns
-the whole mechanism off (the server then runs exactly as `MCPServer.run()`).
+the cache off: the server runs as `MCPServer.run()` would, but reads and writes through the same
+reader, guard and _Wire.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import soul_mcp
+from soul_mcp.server.stdio_guard import loads_as_the_sdk, screen
 
 if TYPE_CHECKING:
     from mcp.server import MCPServer
@@ -342,12 +352,18 @@ class _Handshake:
         Returns the answer to write now (or None) and whether the server must still see the
         message. Only the first request may be an `initialize` answered here (after anything else
         the SDK may have settled on the other era); `tools/list` is answered here once initialize
-        was, and is then not passed on.
+        was, and is then not passed on. A message the SDK's parser would refuse is left to the
+        stdio guard, which answers it once the server is ready.
         """
-        message = _parse(line)
+        try:
+            message = loads_as_the_sdk(line)
+        except (ValueError, RecursionError):
+            message = None
+        if not isinstance(message, dict):
+            message = None
         with self._lock:
             if message is None or not isinstance(message.get("method"), str):
-                self.needs_server = True  # not JSON-RPC, or a response: the SDK deals with it
+                self.needs_server = True  # malformed, or a response: the guard or the SDK deals with it
                 return None, True
             if "id" not in message:
                 return None, True  # a notification needs no answer
@@ -534,32 +550,46 @@ def _read_client(fd: int, inbox: queue.SimpleQueue[tuple[str, Any]]) -> None:
 class _LineSource(io.TextIOBase):
     """The SDK's stdin: the messages kept while it loaded, then the live ones, then EOF.
 
-    Wrapped with anyio.wrap_file, which is what the SDK's stdio_server reads lines from.
+    Each line passes the stdio guard first: one the SDK would drop unanswered is answered here
+    (through the wire, whole lines only) and not passed on. Wrapped with anyio.wrap_file, which is
+    what the SDK's stdio_server reads lines from.
     """
 
     def __init__(
-        self, kept: list[bytes], inbox: queue.SimpleQueue[tuple[str, Any]], handshake: _Handshake, eof: bool
+        self,
+        kept: list[bytes],
+        inbox: queue.SimpleQueue[tuple[str, Any]],
+        handshake: _Handshake | None,
+        eof: bool,
+        wire: _Wire,
     ) -> None:
         super().__init__()
         self._kept = deque(kept)
         self._inbox = inbox
         self._handshake = handshake
         self._eof = eof
+        self._wire = wire
 
     def readable(self) -> bool:
         return True
 
     def readline(self, size: int | None = -1) -> str:
-        if self._kept:
-            return self._kept.popleft().decode("utf-8", errors="replace")
-        if self._eof:
-            return ""
-        kind, value = self._inbox.get()
-        if kind != _LINE:
-            self._eof = True
-            return ""
-        self._handshake.live(value)
-        return value.decode("utf-8", errors="replace")
+        while True:
+            if self._kept:
+                line, live = self._kept.popleft(), False
+            elif self._eof:
+                return ""
+            else:
+                kind, line = self._inbox.get()
+                if kind != _LINE:
+                    self._eof = True
+                    return ""
+                live = True
+            text = screen(line, self._wire.write)
+            if text is not None:
+                if live and self._handshake is not None:
+                    self._handshake.live(line)
+                return text
 
     def end(self) -> None:
         """Make a pending readline return EOF (when the server stops with stdin still open)."""
@@ -569,7 +599,7 @@ class _LineSource(io.TextIOBase):
 class _Sink(io.TextIOBase):
     """The SDK's stdout: drops its answers to ids already answered, feeds new answers to the cache."""
 
-    def __init__(self, wire: _Wire, handshake: _Handshake) -> None:
+    def __init__(self, wire: _Wire, handshake: _Handshake | None) -> None:
         super().__init__()
         self._wire = wire
         self._handshake = handshake
@@ -578,6 +608,9 @@ class _Sink(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
+        if self._handshake is None:
+            self._wire.write(text.encode("utf-8"))
+            return len(text)
         keep, new_answer = self._handshake.outgoing(text)
         if keep:
             self._wire.write(text.encode("utf-8"))
@@ -612,9 +645,26 @@ def serve_stdio(settings: Settings) -> int:
 
 
 def _serve_plain(settings: Settings) -> int:
+    """No cache, but the same reader, guard and writer as the warm start."""
     from soul_mcp.server.app import build_server
 
-    build_server(settings).run()
+    server = build_server(settings)
+    try:
+        wire = _Wire()
+    except OSError as exc:  # e.g. no stdin at all: let the SDK's own transport deal with it
+        log.warning("stdio guard unavailable (%s); malformed messages will go unanswered", exc)
+        server.run()
+        return 0
+    try:
+        import anyio
+
+        inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        threading.Thread(
+            target=_read_client, args=(wire.stdin_fd, inbox), name="soul-mcp-stdin", daemon=True
+        ).start()
+        anyio.run(_run_server, server, _LineSource([], inbox, None, False, wire), _Sink(wire, None))
+    finally:
+        wire.restore()
     return 0
 
 
@@ -644,7 +694,7 @@ def _serve_warm(settings: Settings, wire: _Wire, handshake: _Handshake, started:
 
     import anyio
 
-    anyio.run(_run_server, server, _LineSource(kept, inbox, handshake, eof), _Sink(wire, handshake))
+    anyio.run(_run_server, server, _LineSource(kept, inbox, handshake, eof, wire), _Sink(wire, handshake))
     return 0
 
 
