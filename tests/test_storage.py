@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import random
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from soul_mcp.core.text import content_key
 from soul_mcp.errors import InvalidInput, StorageError
 from soul_mcp.models import NewMemory
 from soul_mcp.storage.base import SearchQuery
+from soul_mcp.storage.recall_index import idf
 from soul_mcp.storage.schema import SCHEMA_VERSION
 from soul_mcp.storage.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
 
@@ -161,7 +163,10 @@ def make_not_a_database(db: Path) -> None:
     ("prepare", "message"),
     [
         (make_newer, "newer than this soul-mcp understands"),
-        (make_not_a_database, "cannot open the database at .*soul.db: file is not a database"),
+        (
+            make_not_a_database,
+            "cannot open the database at .*soul.db: it is damaged \\(file is not a database\\)",
+        ),
     ],
     ids=["newer-schema", "not-a-database"],
 )
@@ -572,3 +577,11 @@ async def test_the_recall_index_tokenizes_words_as_the_full_text_index_does(
     (definition,) = query(db_path, "SELECT sql FROM sqlite_master WHERE name = 'memories_fts'")[0]
     assert f"tokenize = '{TOKENIZE}'" in str(definition)
     assert Tokens().keys(["Meetings", "café", "running", "?!"]) == ["meet", "cafe", "run", ""]
+
+
+def test_a_word_counted_in_more_memories_than_the_count_read_gets_the_floor_weight() -> None:
+    # The memory count and a word's postings are read at different moments: a burst of writes in
+    # between can make the word look more common than the whole (the prefill thread crashed on it).
+    assert idf(100, 1) == pytest.approx(math.log(99.5 / 1.5))
+    assert idf(3, 2) == 1e-6  # FTS5's floor for a word in more than half the memories
+    assert idf(3, 5) == 1e-6 and idf(0, 1) == 1e-6

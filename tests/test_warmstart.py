@@ -249,7 +249,7 @@ async def test_stdin_closed_before_the_server_is_ready_exits_cleanly(
 
 
 @pytest.mark.anyio
-async def test_a_server_that_cannot_start_exits_non_zero_after_a_warm_handshake(
+async def test_a_server_whose_database_cannot_be_opened_answers_why_after_a_warm_handshake(
     cache_dir: Path, tmp_path: Path
 ) -> None:
     not_a_database = tmp_path / "a-folder"
@@ -260,10 +260,13 @@ async def test_a_server_that_cannot_start_exits_non_zero_after_a_warm_handshake(
         answer = await raw.receive()  # from the cache, before the database is opened
         assert answer["result"]["serverInfo"]["name"] == "soul-mcp"
         await raw.send(INITIALIZED)
-        # stdin stays open: the server stops because it failed, not because the client left.
-        await raw.read_rest()
-        with anyio.fail_after(TIMEOUT):
-            assert await raw.process.wait() != 0
+        # The server stays up and gives the reason as the answer to a call.
+        await raw.send(request(1, "tools/call", {"name": "recall", "arguments": {}}))
+        await raw.answers({1})
+        called = json.loads(lines_by_id(raw.lines)[1][0])
+        assert called["result"]["isError"] is True
+        assert "cannot open the database" in called["result"]["content"][0]["text"]
+        assert await finish(raw) == 0
     assert "cannot open the database" in log.read_text()
     lines_by_id(raw.lines)  # nothing but JSON-RPC on stdout
 

@@ -80,7 +80,9 @@ def _hit(memory: Memory, score: float = 0.0, context_of: str | None = None) -> R
         importance=memory.importance,
         occurred_at=memory.occurred_at,
         author=memory.author,
-        score=round(score, 4),
+        # Four decimals, but a match never shows 0: FTS5 weighs a word that more than half the
+        # memories hold by 1e-6 (its idf floor), as every word of a small database may be.
+        score=round(score, 4) or float(f"{score:.2g}"),
         context_of=context_of,
     )
 
@@ -109,6 +111,12 @@ class AgentSelf:
 
             semantic = SemanticSearch.from_settings(settings.semantic, open_store)
         return cls(store, settings.limits, semantic)
+
+    @property
+    def read_only(self) -> str | None:
+        """Why this process can only read the database (e.g. its folder is not writable); None
+        when it can write."""
+        return self.store.read_only
 
     async def close(self) -> None:
         if self.semantic is not None:
@@ -427,6 +435,8 @@ class AgentSelf:
         """Rebuild the full-text index, then compute every missing or stale embedding."""
         if not isinstance(self.store, EmbeddingStore):
             raise InvalidInput("this store cannot rebuild its indexes")
+        # Rebuilding cannot mend a damaged file; it would only report success on one.
+        await self.store.check_intact()
         indexed = await self.store.rebuild_text_index()
         if self.semantic is None:
             return Reindexed(text_indexed=indexed)

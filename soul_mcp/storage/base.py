@@ -80,6 +80,9 @@ class SearchHit:
 
 
 class Store(Protocol):
+    # Why this process can only read (e.g. "the folder /x is not writable"); None when it can write.
+    read_only: str | None
+
     async def close(self) -> None: ...
 
     # Documents: append-only versions.
@@ -169,6 +172,10 @@ class Store(Protocol):
 
     async def diagnose(self) -> StoreDiagnosis:
         """Check the database and its full-text index; read-only, may be slow on big files."""
+        ...
+
+    async def check_intact(self) -> None:
+        """Raise StorageError, saying what is damaged, unless the database passes its own check."""
         ...
 
     # Bearer tokens for the HTTP server: only a hash of each token is stored.

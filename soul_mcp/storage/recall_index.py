@@ -72,7 +72,9 @@ CHANGED_KEPT = 100_000  # the change feed for the vector caches (changes_since)
 
 def idf(memories: int, matches: int) -> float:
     """bm25's weight for a word that `matches` of `memories` hold, as FTS5 computes it."""
-    return max(math.log((memories - matches + 0.5) / (matches + 0.5)), 1e-6)
+    # A count read a moment before a burst of writes can be below `matches`: no log of <= 0 then.
+    ratio = (memories - matches + 0.5) / (matches + 0.5)
+    return max(math.log(ratio), 1e-6) if ratio > 0 else 1e-6
 
 
 @dataclass

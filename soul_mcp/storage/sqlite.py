@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ import aiosqlite
 import anyio
 
 from soul_mcp.errors import InvalidInput, NotFound, StorageError
+from soul_mcp.files import create_private_file, make_private_dirs
 from soul_mcp.models import (
     DOCUMENTS,
     Backup,
@@ -143,27 +145,47 @@ class SQLiteStore(SQLiteVectors):
         self.migrated_from: int | None = None
         # What full-text recall ranks, loaded at the first text search (see recall_index.py).
         self._index: RecallIndex | None = None
+        # Why this process cannot write to the file (None: it can), as read_only_reason says.
+        self.read_only: str | None = None
+        # What the connections opened: the path, or a read-only URI.
+        self._source = str(path)
 
     @classmethod
     async def open(cls, path: str | Path, synchronous: str = "FULL") -> SQLiteStore:
         path = Path(path)
         if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
+        try:
+            return await cls._open(path, synchronous, read_only=None)
+        except sqlite3.Error as exc:
+            reason = read_only_reason(path)
+            if reason is None or not _is_read_only_failure(exc):
+                raise storage_error(exc, path, opening=True) from exc
+        # The folder or the file cannot be written: what can be read is still readable.
+        try:
+            return await cls._open(path, synchronous, read_only=reason)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, path, opening=True, read_only=reason) from exc
+
+    @classmethod
+    async def _open(cls, path: Path, synchronous: str, read_only: str | None) -> SQLiteStore:
+        target = str(path) if read_only is None else _read_only_uri(path)
         opened: list[aiosqlite.Connection] = []
         try:
-            opened.append(writer := await _connect(path, synchronous))
-            schema_before = await _migrate(writer)
-            opened.append(reader := await _connect(path, synchronous))
+            opened.append(writer := await _connect(target, path, synchronous, read_only is not None))
+            schema_before = await (_check_schema(writer, path) if read_only else _migrate(writer))
+            opened.append(reader := await _connect(target, path, synchronous, read_only is not None))
             await reader.execute("PRAGMA query_only = ON")
-        except BaseException as exc:
+        except BaseException:
             # aiosqlite runs each connection on its own thread: one left open keeps the process alive.
             for connection in opened:
                 await connection.close()
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise StorageError(f"cannot open the database at {path}: {exc}") from exc
             raise
         store = cls(path, writer, reader)
         store.migrated_from = schema_before if schema_before != SCHEMA_VERSION else None
+        # A writable folder with a read-only file opens normally (SQLite falls back to reading).
+        store.read_only = read_only or read_only_reason(path)
+        store._source = target
         return store
 
     async def close(self) -> None:
@@ -172,29 +194,43 @@ class SQLiteStore(SQLiteVectors):
         await self._reader.close()
         await self._writer.close()
 
+    def _error(self, exc: sqlite3.Error, wrote_nothing: bool = False) -> StorageError:
+        return storage_error(exc, self.path, wrote_nothing=wrote_nothing, read_only=self.read_only)
+
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction, whole, with the write lock taken at BEGIN."""
         async with self._write_lock:
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StorageError(
-                    f"the database is busy: another process held the write lock for over "
-                    f"{BUSY_TIMEOUT_MS // 1000} s ({exc}); try again"
-                ) from exc
+            except sqlite3.Error as exc:
+                raise self._error(exc, wrote_nothing=True) from exc
             try:
                 yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            else:
                 await self._writer.execute("COMMIT")
+            except BaseException as exc:
+                await self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc, wrote_nothing=True) from exc
+                raise
+
+    async def _rollback(self) -> None:
+        # Shielded: a cancelled call must still leave the shared connection outside a transaction.
+        # SQLite has already rolled back after some errors (a full disk, an I/O error).
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._writer.in_transaction:
+                    await self._writer.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("rolling back failed: %s", exc)
 
     async def _fetchall(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        async with self._read_lock:
-            # One trip to aiosqlite's thread instead of three (execute, fetch, close): ~60 µs.
-            rows = await self._reader.execute_fetchall(sql, params)
+        try:
+            async with self._read_lock:
+                # One trip to aiosqlite's thread instead of three (execute, fetch, close): ~60 µs.
+                rows = await self._reader.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
         return [tuple(r) for r in rows]
 
     async def _fetchone(self, sql: str, params: Any = ()) -> tuple[Any, ...] | None:
@@ -406,8 +442,10 @@ class SQLiteStore(SQLiteVectors):
                     rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
                 )
         # Once the first text search has ranked (not before: the thread would slow it down), the
-        # commonest words are fetched ahead.
-        index.start_prefill(self.path)
+        # commonest words are fetched ahead; not from a file only readable as immutable, which the
+        # prefill's own connection would fail to open.
+        if "immutable=1" not in self._source:
+            index.start_prefill(self.path)
         if query.vector is not None:  # hybrid recall (sqlite_vectors.py), when there are embeddings
             hybrid = await self._search_hybrid(query, index, rowids, scores, filters)
             if hybrid is not None:
@@ -515,7 +553,9 @@ class SQLiteStore(SQLiteVectors):
         # interrupted backup never leaves a half-written file under the name asked for.
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
         try:
-            await anyio.to_thread.run_sync(_copy_database, self.path, partial)
+            # Created private before SQLite writes to it: a backup holds every memory.
+            create_private_file(partial)
+            await anyio.to_thread.run_sync(_copy_database, self._source, partial)
             copy = await SQLiteStore.open(partial)
             try:
                 integrity = await copy.integrity_check()
@@ -528,6 +568,14 @@ class SQLiteStore(SQLiteVectors):
                 )
             os.replace(partial, target)
             _sync_folder(target.parent)
+        except sqlite3.Error as exc:
+            # Damage is the source's; a full disk or a refusal to write is the target's.
+            about = self.path if _code(exc) in _DAMAGED else target
+            raise storage_error(exc, about, wrote_nothing=True, read_only=read_only_reason(target)) from exc
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the backup {target}: {exc.strerror or exc}; nothing was written"
+            ) from exc
         finally:
             for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
                 leftover.unlink(missing_ok=True)
@@ -580,6 +628,14 @@ class SQLiteStore(SQLiteVectors):
         row = await self._fetchone("PRAGMA integrity_check")
         return str(row[0]) if row else "no answer"
 
+    async def check_intact(self) -> None:
+        found = [str(row[0]) for row in await self._fetchall("PRAGMA integrity_check")]
+        if found != ["ok"]:
+            raise StorageError(
+                f"the database {self.path} is damaged ({'; '.join(found[:3])}): run `soul-mcp doctor "
+                f"--db {self.path}`; restore from a backup if it fails"
+            )
+
     async def client_activity(self) -> list[ClientActivity]:
         found: dict[str, ClientActivity] = {}
         for sql, count_field, time_field in (
@@ -629,12 +685,15 @@ class SQLiteStore(SQLiteVectors):
         # nothing), so it runs on the writer. Its 'rank = 1' form would also compare the index with
         # the content table, but that table holds forgotten memories the index leaves out on purpose,
         # so that comparison is done below, row by row.
-        try:
-            async with self._transaction() as db:
-                await db.execute("INSERT INTO memories_fts (memories_fts) VALUES ('integrity-check')")
-            index_check = "ok"
-        except sqlite3.DatabaseError as exc:
-            index_check = str(exc)
+        if self.read_only:
+            index_check = f"not checked: it needs write access, and {self.read_only}"
+        else:
+            try:
+                async with self._transaction() as db:
+                    await db.execute("INSERT INTO memories_fts (memories_fts) VALUES ('integrity-check')")
+                index_check = "ok"
+            except StorageError as exc:
+                index_check = str(exc)
         # memories_fts_docsize holds one row per indexed memory (FTS5's own shadow table).
         (active, indexed, missing, stale) = await self._fetchone(
             "SELECT (SELECT count(*) FROM memories WHERE status = 'active'), "
@@ -659,10 +718,11 @@ class SQLiteStore(SQLiteVectors):
         )
 
 
-def _copy_database(source: Path, target: Path) -> None:
+def _copy_database(source: str, target: Path) -> None:
     """SQLite's online backup, all pages in one step: the copy is one read snapshot of the source,
-    so it is consistent while other processes commit (in WAL mode they are not held up meanwhile)."""
-    src = sqlite3.connect(source, timeout=BUSY_TIMEOUT_MS / 1000)
+    so it is consistent while other processes commit (in WAL mode they are not held up meanwhile).
+    `source` is a path, or a file: URI when the store was opened read-only."""
+    src = sqlite3.connect(source, timeout=BUSY_TIMEOUT_MS / 1000, uri=source.startswith("file:"))
     try:
         dst = sqlite3.connect(target)
         try:
@@ -718,9 +778,9 @@ def _memory_filters(
     return where, params
 
 
-async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
+async def _connect(target: str, path: Path, synchronous: str, read_only: bool) -> aiosqlite.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves instead of Python's implicit transactions.
-    db = await aiosqlite.connect(str(path), isolation_level=None)
+    db = await aiosqlite.connect(target, isolation_level=None, uri=read_only)
     try:
         await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Refuse a newer schema before changing anything in the file (journal_mode is persistent).
@@ -731,13 +791,27 @@ async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
                 f"the database at {path} has schema version {version}, newer than this soul-mcp "
                 f"understands ({SCHEMA_VERSION}); upgrade soul-mcp"
             )
-        await db.execute("PRAGMA journal_mode = WAL")
+        if not read_only:
+            await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {synchronous}")
         await db.execute("PRAGMA foreign_keys = ON")
     except BaseException:
         await db.close()
         raise
     return db
+
+
+async def _check_schema(db: aiosqlite.Connection, path: Path) -> int:
+    """The schema version of a file opened read-only, which cannot be migrated."""
+    cursor = await db.execute("PRAGMA user_version")
+    (current,) = await cursor.fetchone()  # type: ignore[misc]
+    if current < SCHEMA_VERSION:
+        raise StorageError(
+            f"the database at {path} has schema version {current} and needs upgrading to "
+            f"{SCHEMA_VERSION}, which needs write access ({read_only_reason(path)}): open it once as "
+            "a user who can write to the file and its folder"
+        )
+    return current
 
 
 async def _migrate(db: aiosqlite.Connection) -> int:
@@ -763,3 +837,137 @@ async def _migrate(db: aiosqlite.Connection) -> int:
         raise
     await db.execute("COMMIT")
     return current
+
+
+# SQLite's primary result codes (the low byte of an extended code).
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_NO_ACCESS = (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH)
+
+
+def storage_error(
+    exc: sqlite3.Error,
+    path: Path,
+    *,
+    opening: bool = False,
+    wrote_nothing: bool = False,
+    read_only: str | None = None,
+) -> StorageError:
+    """What a failed SQLite call means for the person or model that made it, and what to do.
+    Keyed on SQLite's result code, never on the message text."""
+    code = _code(exc)
+    path = path.absolute()
+    doctor = f"run `soul-mcp doctor --db {path}`"
+    # Opening, the message starts "cannot open the database at <path>:" and need not repeat it.
+    it, file = ("it", "it") if opening else (f"the database {path}", f"the database file {path}")
+    if code in _BUSY:
+        text = (
+            f"the database is busy: another process held its lock for over {BUSY_TIMEOUT_MS // 1000} s "
+            f"({exc}); try again"
+        )
+    elif code == sqlite3.SQLITE_FULL:
+        text = f"the disk holding {path} is full: free some space, then try again"
+    elif code == sqlite3.SQLITE_READONLY:
+        reason = read_only or read_only_reason(path) or f"the database file {path} is read-only"
+        text = (
+            f"the database is read-only here ({reason}): soul-mcp can read it but not change it; "
+            "run it as a user who may write the file and its folder, or fix their permissions"
+        )
+    elif code in _DAMAGED:
+        text = f"{it} is damaged ({exc}): {doctor}; restore from a backup if it fails"
+    elif code == sqlite3.SQLITE_IOERR:
+        name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
+        text = f"reading or writing {path} failed ({exc}, {name}): check the disk, then {doctor}"
+    elif code in _NO_ACCESS:
+        text = (
+            f"{file} cannot be opened ({exc}): check that its folder exists and that this user may "
+            "read and write the file and the folder"
+        )
+    else:
+        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+        text = f"{it} failed ({exc}, {name}): {doctor}"
+    if opening:
+        text = f"cannot open the database at {path}: {text}"
+    if wrote_nothing:
+        text += "; nothing was written"
+    return StorageError(text)
+
+
+def read_only_reason(path: Path) -> str | None:
+    """Why this process cannot write the database, or None. (os.access: root may write anything.)"""
+    if str(path) == ":memory:":
+        return None
+    path = path.absolute()
+    if not os.access(path.parent, os.W_OK):
+        return f"the folder {path.parent} is not writable"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"the database file {path} is read-only"
+    return None
+
+
+def exposed_files(path: Path) -> list[tuple[Path, int]]:
+    """The database's folder and files (-wal, -shm included) that other users may read or
+    change, with their permission bits. Empty on systems without POSIX permissions."""
+    if os.name != "posix" or str(path) == ":memory:":
+        return []
+    found = []
+    for candidate in (path.parent, path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = stat.S_IMODE(candidate.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            found.append((candidate, mode))
+    return found
+
+
+def _code(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code (0 for errors raised by Python's module itself)."""
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+
+
+def _is_read_only_failure(exc: sqlite3.Error) -> bool:
+    return _code(exc) in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+
+
+def _read_only_uri(path: Path) -> str:
+    """A URI that reads the file without writing anything beside it.
+
+    SQLite reads a WAL database in a folder it cannot write only when the -wal and -shm files
+    already exist, or with immutable=1, which ignores them: that is only right when no -wal
+    holds changes the main file lacks (https://sqlite.org/wal.html#readonly)."""
+    path = path.absolute()
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if os.access(path.parent, os.W_OK):
+        return uri
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if wal.exists() and shm.exists():
+        return uri
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StorageError(
+            f"cannot read the database at {path}: its folder {path.parent} is not writable and its "
+            f"write-ahead log {wal} holds changes not yet in the main file; open it once as a user who "
+            "can write to the folder"
+        )
+    return uri + "&immutable=1"
+
+
+def _create_private(path: Path) -> None:
+    """Create the missing folders (0700) and the database file (0600), so that no other user
+    can read the memories; existing ones are left as they are. SQLite gives the -wal and -shm
+    files the database file's permissions."""
+    if path.is_dir():
+        raise StorageError(
+            f"cannot open the database at {path}: it is a folder; name a file, e.g. {path / 'soul.db'}"
+        )
+    try:
+        make_private_dirs(path.parent)
+        create_private_file(path)  # False: it exists, or another process created it meanwhile
+    except OSError as exc:
+        why = (
+            "a file stands where a folder should be" if isinstance(exc, NotADirectoryError) else exc.strerror
+        )
+        raise StorageError(
+            f"cannot create the database at {path}: {why or exc}; choose another path (--db or "
+            "$SOUL_MCP_DB) or fix the folder"
+        ) from exc
