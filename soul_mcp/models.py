@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
 # identity (name, creature, vibe) and user (facts about the human) sit beside the soul, as in an
 # OpenClaw workspace's IDENTITY.md and USER.md; all five share the same versioning.
@@ -18,6 +18,16 @@ class Actor(BaseModel):
 
     name: str
     session_id: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _clean(cls, value: str) -> str:
+        # Any client can choose its name, and the name is shown in every client's wake_up and in
+        # terminals: one line, no escape codes, capped (core/text.py). Imported here because
+        # soul_mcp.core imports this module.
+        from soul_mcp.core.text import clean_name
+
+        return clean_name(value)
 
 
 class DocumentVersion(BaseModel):
@@ -110,11 +120,37 @@ class NewMemory(BaseModel):
     session_id: str | None = None
 
 
+class MemoryReceipt(BaseModel):
+    """What a caller without the read scope learns of a memory it did not write: the id it needs
+    and the status, nothing the memory holds (a write-only token must not read through results)."""
+
+    id: str
+    status: MemoryStatus
+    status_reason: str | None = None
+
+
 class RememberResult(BaseModel):
-    memory: Memory
+    memory: Memory | MemoryReceipt = Field(
+        description="the stored memory; only its id and status when the same content was already "
+        "stored and the caller may not read (a token without the read scope)"
+    )
     is_new: bool = Field(
         description="False when the same content was already stored; that memory is returned"
     )
+
+
+class MemoryView(Memory):
+    """A memory as forget and revise_memory answer: whole, or for a caller without the read scope
+    only what it sent and the ids it needs (the rest is null: the memory's text, tags and dates
+    were not its to read)."""
+
+    content: str | None = None  # type: ignore[assignment]
+    kind: MemoryKind | None = None  # type: ignore[assignment]
+    tags: list[str] | None = None  # type: ignore[assignment]
+    importance: int | None = Field(default=None, ge=1, le=5)  # type: ignore[assignment]
+    occurred_at: str | None = None  # type: ignore[assignment]
+    created_at: str | None = None  # type: ignore[assignment]
+    author: str | None = None  # type: ignore[assignment]
 
 
 # Python MCP clients check every tool result against the tool's output schema (jsonschema), and

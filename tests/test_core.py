@@ -289,7 +289,8 @@ def test_wake_up_drops_memories_lowest_priority_first() -> None:
         if n_rec:
             assert n_imp == 4, counts
         if n_rel < 4:
-            assert f"{4 - n_rel} relevant memories (no room; use recall)" in w.trimmed
+            noun = "memory" if 4 - n_rel == 1 else "memories"
+            assert f"{4 - n_rel} relevant {noun} (no room; use recall)" in w.trimmed
     # The sweep passes through every stage: nothing, some relevant, some important, everything.
     assert counts[0][0] < 4 and counts[0][1:] == (0, 0)
     assert any(0 < r < 4 for r, _, _ in counts)

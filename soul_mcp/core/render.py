@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from soul_mcp.core.text import clip
+from soul_mcp.core.text import clean_name, clip
 from soul_mcp.models import (
     Diff,
     Document,
     DocumentWrite,
     History,
     Memory,
+    MemoryReceipt,
     RecallHit,
     RecallResult,
     RememberResult,
@@ -27,7 +28,13 @@ def hit_line(hit: RecallHit | Memory, max_chars: int | None = None) -> str:
     tags = " ".join(f"#{t}" for t in hit.tags)
     meta = " · ".join(
         part
-        for part in (hit.occurred_at[:10], hit.kind, f"importance {hit.importance}", tags, f"by {hit.author}")
+        for part in (
+            hit.occurred_at[:10],
+            hit.kind,
+            f"importance {hit.importance}",
+            tags,
+            f"by {clean_name(hit.author)}",
+        )
         if part
     )
     content = clip(hit.content, max_chars) if max_chars else hit.content
@@ -45,7 +52,7 @@ def document(doc: Document) -> str:
         if doc.document == "soul":
             head = f"{title} (starter, not yet adopted):"
         return "\n".join(part for part in (head, doc.content, doc.hint) if part)
-    about = f"{title}, version {doc.version}, by {doc.author} at {doc.created_at}"
+    about = f"{title}, version {doc.version}, by {clean_name(doc.author or '')} at {doc.created_at}"
     if doc.reason:
         about += f" (reason: {doc.reason})"
     if doc.restored_from:
@@ -70,8 +77,8 @@ def history(h: History) -> str:
     for v in h.versions:
         extra = f", restored from {v.restored_from}" if v.restored_from else ""
         lines.append(
-            f"- version {v.version}: {v.created_at} by {v.author}, {v.chars} chars{extra}"
-            + (f" — {v.reason}" if v.reason else "")
+            f"- version {v.version}: {v.created_at} by {clean_name(v.author)}, {v.chars} chars{extra}"
+            + (f" — {' '.join(v.reason.split())}" if v.reason else "")  # one line per version
         )
     if h.next_before_version:
         lines.append(f"(older versions: history with before_version={h.next_before_version})")
@@ -86,6 +93,8 @@ def diff(d: Diff) -> str:
 
 def remember(r: RememberResult) -> str:
     head = "Remembered" if r.is_new else "Already remembered (the same content is stored; nothing added)"
+    if isinstance(r.memory, MemoryReceipt):  # for a caller that may not read it
+        return f"{head}: {r.memory.id}"
     return f"{head}:\n{hit_line(r.memory)}"
 
 

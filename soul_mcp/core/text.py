@@ -55,3 +55,31 @@ def clip(text: str, limit: int, marker: str = " …[trimmed]") -> str:
     if len(text) <= limit:
         return text
     return text[: max(0, limit - len(marker))].rstrip() + marker
+
+
+NAME_CHARS = 100
+PLACEHOLDER = "\ufffd"
+# What a terminal could run or a reader be fooled by: control characters (C0, DEL, C1: escape
+# codes), format characters (bidi overrides, invisible ones) and unpaired surrogates. Line and
+# paragraph separators are whitespace and fold like the rest. The zero-width joiners stay: emoji
+# sequences and several scripts need them, and they run nothing.
+_UNSHOWABLE = frozenset({"Cc", "Cf", "Cs"})
+_JOINERS = frozenset({"\u200c", "\u200d"})
+
+
+def _shown(char: str) -> str:
+    if char.isspace():
+        return " "
+    if char in _JOINERS or unicodedata.category(char) not in _UNSHOWABLE:
+        return char
+    return PLACEHOLDER
+
+
+def clean_name(value: str) -> str:
+    """A client's, token's or person's name as it may be stored and shown: one line, nothing a
+    terminal runs (each such character becomes U+FFFD, so a forgery stays visible), at most
+    NAME_CHARS characters; "unknown" when nothing is left."""
+    name = _SPACE.sub(" ", "".join(map(_shown, str(value)))).strip()
+    if len(name) > NAME_CHARS:
+        name = name[: NAME_CHARS - 1].rstrip() + "…"
+    return name or "unknown"

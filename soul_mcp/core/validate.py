@@ -100,7 +100,22 @@ def memory_id(value: str) -> str:
     return value.strip()
 
 
+MAX_VERSION = 2**63 - 1  # SQLite's largest integer: no version can be above it
+
+
 def version(value: int, field: str = "version") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(f"{field} {value!r} is not a version number; versions start at 1 (see history)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VERSION:
+        raise InvalidInput(bad_version(value, field))
     return value
+
+
+def bad_version(value: object, field: str = "version") -> str:
+    """What is wrong with a version number, however it was given (a resource URI gives text)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        shown = str(value) if value.bit_length() <= 100 else "(a number of over 30 digits)"
+    else:
+        shown = repr(value if not isinstance(value, str) else value[:40])
+    return (
+        f"{field} {shown} is not a version number: use a whole number from 1 to {MAX_VERSION} "
+        "(versions start at 1; history lists them)"
+    )

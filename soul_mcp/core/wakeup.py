@@ -16,13 +16,20 @@ out. The identity and user documents are short by nature (a name, a timezone), h
 they come before the intent because they say who is speaking to whom, which every session needs.
 Memories are added one at a time, each cut to 400 characters, until the next one would not fit.
 Whatever was cut or left out is listed in `trimmed`, so the caller knows to read or recall it.
+
+What the documents and memories say is data, never structure: the only lines that start a section
+("## ...") or end the text ("---") are this module's. A document's headings are nested two levels
+under its section ("# Soul" becomes "### Soul"), a rule or underline line in it is escaped, a
+memory's lines are indented under its list item, and names and the focus are one line each.
 """
 
 from __future__ import annotations
 
+import re
+
 from soul_mcp.core import render
 from soul_mcp.core.dates import describe_age
-from soul_mcp.core.text import clip
+from soul_mcp.core.text import clean_name, clip
 from soul_mcp.models import Document, DocumentInfo, RecallHit, WakeUp
 
 MEMORY_CHARS = 400
@@ -36,19 +43,32 @@ READ_TOOL = {
     "identity": "read_document(document='identity')",
     "user": "read_document(document='user')",
 }
+FOCUS_CHARS = 200  # of the focus repeated in its section's heading
+# Markdown that could pass for the wake-up's own structure: an ATX heading (up to three spaces in),
+# and a line of only '-', '=', '*' or '_' (a setext underline makes the line above a heading; a
+# '---' would stand for the end of the text).
+_HEADING = re.compile(r"^( {0,3})(#{1,6})(?=[ \t]|$)", re.MULTILINE)
+_RULE = re.compile(r"^( {0,3})([-=*_][-=*_ \t]*)$", re.MULTILINE)
 TAIL = (
     "\n\n---\nUse recall(query) to search memories, remember(content) to keep something, and "
     "write_intent(content) before the session ends."
 )
 
 
+def _as_data(body: str) -> str:
+    """A document's text as it sits under its section: headings two levels down, rules escaped."""
+    body = _HEADING.sub(r"\1##\2", body)
+    return _RULE.sub(r"\1\\\2", body)
+
+
 def _section(doc: Document, title: str, share: int, trimmed: list[str], extra: str = "") -> str | None:
     if doc.version is None:
         # Nothing stored: the soul shows its starter text, the others only what to do.
-        body = f"(starter, not yet adopted)\n{doc.content}\n{doc.hint}" if doc.content else str(doc.hint)
+        starter = f"(starter, not yet adopted)\n{_as_data(doc.content)}\n{doc.hint}"
+        body = starter if doc.content else str(doc.hint)
     else:
-        body = doc.content
-        extra = f" (version {doc.version}, by {doc.author}{extra})"
+        body = _as_data(doc.content)
+        extra = f" (version {doc.version}, by {clean_name(doc.author or '')}{extra})"
     text = f"## {title}{extra}\n{body.strip()}"
     if len(text) > share and share < MIN_SECTION:
         trimmed.append(f"{doc.document} (no room; read it with {READ_TOOL[doc.document]})")
@@ -99,8 +119,9 @@ def assemble_wake_up(
             used += len(part) + 2
 
     kept: dict[str, list[RecallHit]] = {"relevant": [], "important": [], "recent": []}
+    topic = clip(" ".join((focus or "").split()), FOCUS_CHARS)  # one line: a heading
     sections = [
-        ("relevant", f"## Memories relevant to: {focus}", relevant),
+        ("relevant", f"## Memories relevant to: {topic}", relevant),
         ("important", "## Important memories", important),
         ("recent", "## Recent memories", recent),
     ]
@@ -112,7 +133,9 @@ def assemble_wake_up(
         for n, hit in enumerate(hits):
             line = render.hit_line(hit, MEMORY_CHARS)
             if used + cost + len(line) + 1 > budget:
-                trimmed.append(f"{len(hits) - n} {key} memories (no room; use recall)")
+                trimmed.append(
+                    f"{len(hits) - n} {key} memor{'y' if len(hits) - n == 1 else 'ies'} (no room; use recall)"
+                )
                 break
             lines.append(line)
             kept[key].append(hit)

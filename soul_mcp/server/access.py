@@ -7,8 +7,9 @@
   `identity` (writing or restoring the soul, the north star and the identity document). Over stdio and in-process there is no token: the process that
   started the server is trusted with every scope, as it owns the database file anyway.
 - The soul policy (`Settings.soul_policy`): `open` lets identity writes through (each one is
-  versioned and restorable), `locked` refuses them over MCP, `confirm` asks the human through MCP
-  elicitation and refuses when the client cannot ask.
+  versioned and restorable), `locked` refuses them over MCP, `confirm` asks through MCP
+  elicitation and refuses when the client cannot ask. The client answers the form: nothing in MCP
+  proves that a person did, so only `locked` (and the CLI) guarantees a person made a change.
 
 `AccessMiddleware` checks every request before the SDK looks at the arguments, so a missing scope
 or a locked soul is refused before anything else happens (a human is never asked to confirm a call
@@ -36,7 +37,9 @@ from mcp.server.mcpserver.resolve import AcceptedElicitation, Elicit, Elicitatio
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_REQUEST, CallToolResult, TextContent
 from pydantic import BaseModel, Field
+from starlette.authentication import AuthenticationError
 
+from soul_mcp.core.text import clean_name
 from soul_mcp.errors import SoulError, StorageError
 from soul_mcp.models import SCOPES, Actor
 
@@ -112,7 +115,7 @@ class Caller:
 
     @property
     def actor(self) -> Actor:
-        return Actor(name=self.name[:100], session_id=self.session_id)
+        return Actor(name=self.name, session_id=self.session_id)
 
 
 def _digest(*parts: str) -> str:
@@ -129,6 +132,8 @@ def caller(rctx: ServerRequestContext[Any, Any]) -> Caller:
             client = params.client_info.name
     except (AttributeError, RuntimeError):
         client = None
+    if client is not None:  # any program picks its name: shown in forms and errors, so made safe
+        client = clean_name(client)
     request = rctx.request
     if request is None:
         # stdio or in-process: one connection per lifespan, so the lifespan's id is the session's.
@@ -149,6 +154,12 @@ def caller(rctx: ServerRequestContext[Any, Any]) -> Caller:
     else:
         session_id = _digest(session.session_id, name, client or "")
     return Caller(name, scopes, session_id)
+
+
+def may_read(rctx: ServerRequestContext[Any, Any]) -> bool:
+    """Whether the caller may read the self. A result to one that may not (a write-only token)
+    carries only what it sent and the ids it needs, or writing would be a way to read."""
+    return READ in caller(rctx).scopes
 
 
 def _missing_scope(who: Caller, scope: str, what: str) -> str:
@@ -257,7 +268,12 @@ def gate(ctx: Context[Any, Any], document: str, request: str) -> Approval | Elic
             f"with: {_edit_hint(document)}"
         )
     who = caller(ctx.request_context)
-    return Elicit(f"{who.name} wants to {request}\n\nAllow this change?", Confirmation)
+    return Elicit(
+        f"{who.name} wants to {request}\n\nAllow this change only if you, a person, want it: it "
+        "changes who the agent is for every client that shares this self (the old version stays "
+        "in history and can be restored).",
+        Confirmation,
+    )
 
 
 def _preview(content: str) -> str:
@@ -325,10 +341,15 @@ class StoreTokenVerifier:
 
     async def verify_token(self, token: str) -> AccessToken | None:
         try:
-            agent_self = self.holder.current()
-        except StorageError:
-            return None
-        info = await agent_self.check_token(token)
+            agent_self = await self.holder.ready()
+            info = await agent_self.check_token(token)
+        except StorageError as exc:
+            # Not the caller's fault, and a 401 would send them to check their token. The reason
+            # (with the database's path) goes to the log only: the caller is not known yet.
+            log.error("cannot check a token: %s", exc)
+            raise AuthenticationError(
+                "the server cannot use its database; its operator can run `soul-mcp doctor`"
+            ) from None
         if info is None:
             return None
         now = time.monotonic()
