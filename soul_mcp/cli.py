@@ -6,10 +6,15 @@ not a terminal); --json prints the same data with stable keys for scripts. Error
 `error: ...`.
 
 Exit codes scripts can rely on:
-    0  success
-    1  refused or not found: the message on stderr says why (bad value, unknown id, no reason, ...)
-    2  usage error: unknown command or option, missing argument (argparse prints the usage)
-    3  database problem: it cannot be opened or is damaged, or `doctor` found a problem
+    0  success; also when the reader of stdout went away early (`soul-mcp recall x | head -1`)
+    1  refused or not found: the message on stderr says why (bad value, unknown id, no reason, ...);
+       also `serve --http` that cannot listen (the port is taken, the address is not this machine's)
+    2  usage error: unknown command or option, missing argument, an option's value out of range
+       (`--port 99999`), an invalid setting in the environment (`SOUL_MCP_LOG_LEVEL=verbose`)
+    3  database problem: it does not exist (for a command that reads or changes what is stored; only
+       init, remember, import, edit, token create and serve create one), its folder cannot be
+       created, it cannot be opened or is damaged, or `doctor` found a problem
+  130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from soul_mcp import __version__, terminal
-from soul_mcp.config import DB_ENV, Settings
+from soul_mcp.config import DB_ENV, Settings, SettingsError, log_level_from_env
 from soul_mcp.errors import SoulError, StorageError
+from soul_mcp.files import make_private_dirs
 
 log = logging.getLogger("soul_mcp")
 
@@ -56,6 +62,18 @@ def _style() -> terminal.Style:
     return terminal.Style(terminal.colour_enabled(sys.stdout))
 
 
+def _count(n: int, noun: str, plural: str = "") -> str:
+    """'1 version', '2 versions', '1 memory' ('memories' given as the plural)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _clean_name(name: str) -> str:
+    """An author or client name made safe to print: older databases may hold escape codes."""
+    from soul_mcp.core.text import clean_name  # imported here: soul_mcp.core is not light
+
+    return clean_name(name)
+
+
 def _refuse(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return EXIT_REFUSED
@@ -69,15 +87,39 @@ def _print(args: argparse.Namespace, model: Any, text: str) -> None:
         print(text)
 
 
-def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[None]]) -> int:
+def _database_problem(settings: Settings, must_exist: bool) -> str | None:
+    """Why the database cannot be used, found before opening it: it is missing (for a command that
+    only reads or changes what is stored), or its folder cannot be created. None: go ahead."""
+    path = settings.db_path.expanduser().absolute()
+    check = f"check --db / ${DB_ENV}"
+    if must_exist and not path.exists():
+        return f"no database at {path}; create it with `soul-mcp init` (or {check})"
+    try:
+        make_private_dirs(path.parent)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        blocking = next(parent for parent in path.parents if parent.exists())
+        if isinstance(exc, (FileExistsError, NotADirectoryError)) and not blocking.is_dir():
+            why = f"{blocking} is a file, not a folder"
+        return f"cannot create the database folder {path.parent}: {why} ({check})"
+    return None
+
+
+def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[None]], must_exist: bool = False) -> int:
     """Open the self, run one piece of work, close. A database problem exits 3, any other
-    SoulError (refused, not found) exits 1."""
+    SoulError (refused, not found) exits 1. With `must_exist` (commands that read or change what is
+    stored) a missing database is refused rather than created empty."""
     import anyio
 
     from soul_mcp.core import AgentSelf
 
+    settings = Settings.load(args.db)
+    if problem := _database_problem(settings, must_exist):
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_DATABASE
+
     async def main() -> None:
-        agent_self = await AgentSelf.open(Settings.load(args.db))
+        agent_self = await AgentSelf.open(settings)
         try:
             await work(agent_self)
         finally:
@@ -98,23 +140,20 @@ def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[None]]) -> in
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings.load(args.db, soul_policy=args.soul_policy)
-    if args.http:
-        return _serve_http(args, settings)
     http_only = [flag for flag, value in (("--host", args.host), ("--port", args.port),
                  ("--allowed-host", args.allowed_host), ("--insecure-no-auth", args.insecure_no_auth)) if value]  # fmt: skip
-    if http_only:
+    if http_only and not args.http:
         print(f"error: {', '.join(http_only)} only apply with --http", file=sys.stderr)
         return 2
+    if args.http:
+        # Over HTTP an operator is watching the start: a database that cannot be used stops it
+        # there. Over stdio the server stays up and every call answers why (server/state.py).
+        if problem := _database_problem(settings, must_exist=False):
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_DATABASE
+        return _serve_http(args, settings)
     if sys.stdin.isatty():
-        print(
-            "soul-mcp speaks MCP over stdin/stdout; it is meant to be started by an MCP client.\n"
-            f"Database: {settings.db_path}\n"
-            "Add it to a client, e.g. Claude Code:  claude mcp add soul -- soul-mcp serve\n"
-            "or Claude Desktop's claude_desktop_config.json:\n"
-            '  {"mcpServers": {"soul": {"command": "soul-mcp", "args": ["serve"]}}}\n'
-            "Waiting for a client on stdin (Ctrl-C to stop).",
-            file=sys.stderr,
-        )
+        print(_serve_hint(args, settings), file=sys.stderr)
     from soul_mcp.server.warmstart import serve_stdio
 
     log.info("serving over stdio, database %s", settings.db_path)
@@ -122,12 +161,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_stdio(settings)
 
 
+def _serve_hint(args: argparse.Namespace, settings: Settings) -> str:
+    """What `serve` says at a terminal: how a client starts this very installation (by absolute
+    path, as `soul-mcp config` prints it: a client has neither your PATH nor your venv)."""
+    from soul_mcp.clients import launcher, shell_join
+
+    command, *rest = launcher()
+    # A client does not see $SOUL_MCP_DB either: name any database that is not the default.
+    db = ["--db", str(settings.db_path.expanduser().absolute())] if _db_source(args) != "default" else []
+    serve = [*rest, "serve", *db]
+    config = {"mcpServers": {"soul": {"command": command, "args": serve}}}
+    return (
+        "soul-mcp speaks MCP over stdin/stdout; it is meant to be started by an MCP client.\n"
+        f"Database: {settings.db_path.expanduser().absolute()}\n"
+        "Add it to a client, e.g. Claude Code:  "
+        f"{shell_join(['claude', 'mcp', 'add', 'soul', '--', command, *serve])}\n"
+        "or Claude Desktop's claude_desktop_config.json:\n"
+        f"  {json.dumps(config)}\n"
+        "(`soul-mcp config HOST` prints these for claude-desktop, claude-code, cursor and vscode.)\n"
+        "Waiting for a client on stdin (Ctrl-C to stop)."
+    )
+
+
 def cmd_wake(args: argparse.Namespace) -> int:
     async def work(s: Any) -> None:
         woken = await s.wake_up(_actor(), focus=args.focus, budget_chars=args.budget)
         _print(args, woken, woken.text)
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_remember(args: argparse.Namespace) -> int:
@@ -153,7 +214,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
         )  # fmt: skip
         _print(args, result, render.recall(result))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
@@ -163,7 +224,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         memory = await s.forget(args.memory_id, args.reason)
         _print(args, memory, "Forgotten (restore-memory brings it back):\n" + render.memory(memory))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_restore_memory(args: argparse.Namespace) -> int:
@@ -173,7 +234,7 @@ def cmd_restore_memory(args: argparse.Namespace) -> int:
         memory = await s.restore_memory(args.memory_id)
         _print(args, memory, "Restored:\n" + render.memory(memory))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -192,7 +253,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         await s.purge(args.memory_id)
         _print(args, {"purged": args.memory_id}, f"Purged {args.memory_id}.")
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_doc_show(args: argparse.Namespace) -> int:
@@ -202,7 +263,7 @@ def cmd_doc_show(args: argparse.Namespace) -> int:
         doc = await s.read(args.document, args.version)
         _print(args, doc, doc.content if args.raw else render.document(doc))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_doc_history(args: argparse.Namespace) -> int:
@@ -212,7 +273,7 @@ def cmd_doc_history(args: argparse.Namespace) -> int:
         result = await s.history(args.document, limit=args.limit, before_version=args.before)
         _print(args, result, render.history(result))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_doc_diff(args: argparse.Namespace) -> int:
@@ -222,7 +283,7 @@ def cmd_doc_diff(args: argparse.Namespace) -> int:
         result = await s.diff(args.document, args.a, args.b)
         _print(args, result, render.diff(result).rstrip("\n"))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -233,12 +294,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
             f"Backed up to {done.path}: {done.bytes:,} bytes, integrity {done.integrity}",
             f"Memories: {stats.memories_active} active, {stats.memories_forgotten} forgotten, "
             f"{stats.memories_superseded} superseded",
-            *(f"{doc}: {n} versions" for doc, n in sorted(stats.document_versions.items())),
+            *(f"{doc}: {_count(n, 'version')}" for doc, n in sorted(stats.document_versions.items())),
             f"Sessions: {stats.sessions}",
         ]
         _print(args, done, "\n".join(lines))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_doc_edit(args: argparse.Namespace) -> int:
@@ -280,7 +341,7 @@ def cmd_doc_edit(args: argparse.Namespace) -> int:
         if latest.version != doc.version:
             raise InvalidInput(
                 f"the {name} changed while you were editing (now version {latest.version} by "
-                f"{latest.author}); edit again to start from it"
+                f"{_clean_name(latest.author)}); edit again to start from it"
             )
         result = await s.write(args.document, edited, _actor(), reason)
         _print(args, result, render.write(result))
@@ -300,7 +361,7 @@ def cmd_doc_restore(args: argparse.Namespace) -> int:
         result = await s.restore(args.document, args.version, args.reason, _actor())
         _print(args, result, render.write(result))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 # Memories, listed -------------------------------------------------------------------------------
@@ -314,7 +375,7 @@ def cmd_memories_list(args: argparse.Namespace) -> int:
         )  # fmt: skip
         _print(args, page, _memory_table(page))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def _memory_table(page: Any) -> str:
@@ -328,7 +389,7 @@ def _memory_table(page: Any) -> str:
     headers = ["ID", "DATE", "KIND", "IMP", *(["STATUS"] if show_status else []), "TAGS", "AUTHOR"]
     rows = [
         [m.id, m.occurred_at[:10], m.kind, str(m.importance), *([m.status] if show_status else []),
-         terminal.clip(" ".join(f"#{t}" for t in m.tags), 24), terminal.clip(m.author, 20)]
+         terminal.clip(" ".join(f"#{t}" for t in m.tags), 24), terminal.clip(_clean_name(m.author), 20)]
         for m in page.memories
     ]  # fmt: skip
     used = sum(
@@ -351,7 +412,7 @@ def cmd_memories_show(args: argparse.Namespace) -> int:
         memory = await s.get_memory(args.memory_id)
         _print(args, memory, render.memory(memory))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 # The database: init, stats, doctor --------------------------------------------------------------
@@ -385,8 +446,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         db = f" --db {shlex.quote(str(path))}" if args.db else ""
         if existed:
             head = (
-                f"The database at {path} already exists ({stats.memories_active} active memories, "
-                f"{sum(stats.document_versions.values())} document versions); nothing changed."
+                f"The database at {path} already exists "
+                f"({_count(stats.memories_active, 'active memory', 'active memories')}, "
+                f"{_count(sum(stats.document_versions.values()), 'document version')}); nothing changed."
             )
         else:
             head = f"Created the database at {path}."
@@ -429,7 +491,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         ]
         if clients:
             rows = [
-                [c.client, str(c.sessions), str(c.memories), str(c.versions), c.last_active_at or "-"]
+                [
+                    _clean_name(c.client),
+                    str(c.sessions),
+                    str(c.memories),
+                    str(c.versions),
+                    c.last_active_at or "-",
+                ]
                 for c in clients
             ]
             headers = ["CLIENT", "SESSIONS", "MEMORIES", "VERSIONS", "LAST ACTIVE"]
@@ -437,7 +505,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                       terminal.table(headers, rows, style, right=[1, 2, 3])]  # fmt: skip
         _print(args, None, "\n".join(lines))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -447,6 +515,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from soul_mcp.core import AgentSelf
     from soul_mcp.errors import StorageError
     from soul_mcp.models import Actor
+    from soul_mcp.storage.sqlite import exposed_files
 
     settings = Settings.load(args.db)
     path = settings.db_path.expanduser().resolve()
@@ -465,8 +534,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "client_view": None,
     }
 
-    def check(name: str, ok: bool, detail: str) -> None:
-        checks.append({"name": name, "ok": ok, "detail": detail})
+    def check(name: str, ok: bool, detail: str, warning: bool = False) -> None:
+        checks.append({"name": name, "ok": ok, "detail": detail, "warning": warning})
         report["ok"] = report["ok"] and ok
 
     async def examine() -> None:
@@ -480,13 +549,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             size = _file_sizes(path)
             check("database opens", True, f"{terminal.human_bytes(size['database'])}, WAL "
                   f"{terminal.human_bytes(size['wal'])}, journal mode {d.journal_mode}")  # fmt: skip
+            if agent_self.read_only:
+                check("writable", False, f"the database is read-only here ({agent_self.read_only}): "
+                      "soul-mcp can read it but not store anything; run it as a user who may write the "
+                      "file and its folder, or fix their permissions")  # fmt: skip
             check("integrity", d.integrity == ["ok"], "; ".join(d.integrity[:5]))
             migrated = f", migrated from {d.migrated_from} just now" if d.migrated_from is not None else ""
             check("schema version", d.schema_version == d.expected_schema_version,
                   f"{d.schema_version} (this soul-mcp expects {d.expected_schema_version}{migrated})")  # fmt: skip
-            check("full-text index", d.index_check == "ok", f"internal check: {d.index_check}")
+            # Its check writes; on a read-only file the "writable" check has said what is wrong.
+            check("full-text index", d.index_check == "ok" or bool(agent_self.read_only),
+                  f"internal check: {d.index_check}")  # fmt: skip
             consistent = d.missing_from_index == 0 and d.stale_in_index == 0
-            detail = f"{d.active_memories} active memories, {d.indexed_memories} indexed"
+            detail = (f"{_count(d.active_memories, 'active memory', 'active memories')}, "
+                      f"{d.indexed_memories} indexed")  # fmt: skip
             if not consistent:
                 detail += (f"; {d.missing_from_index} missing from the index, {d.stale_in_index} stale "
                            "in it: recall misses or misranks memories; `soul-mcp reindex` rebuilds it")  # fmt: skip
@@ -517,6 +593,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
               "or point --db / $SOUL_MCP_DB at an existing one")  # fmt: skip
     else:
         anyio.run(examine)
+        exposed = exposed_files(path)
+        if exposed:
+            files = " ".join(shlex.quote(str(p)) for p, _ in exposed if p != path.parent)
+            fix = " && ".join(([f"chmod 600 {files}"] if files else []) + (
+                [f"chmod 700 {shlex.quote(str(path.parent))}"] if exposed[0][0] == path.parent else []))  # fmt: skip
+            check("file permissions", True, "other users may read or change "
+                  + ", ".join(f"{p} ({mode:o})" for p, mode in exposed) + f"; to fix: {fix}", warning=True)  # fmt: skip
+        else:
+            check("file permissions", True, "only the owner can read the database and its folder")
     _print(args, report, _doctor_text(report))
     return 0 if report["ok"] else EXIT_DATABASE
 
@@ -525,9 +610,10 @@ def _doctor_text(report: dict[str, Any]) -> str:
     style = _style()
     lines = [style(f"soul-mcp doctor: {report['db_path']}", "bold"), ""]
     rows = [
-        [style("ok", "green") if c["ok"] else style("FAIL", "red", "bold"), c["name"], c["detail"]]
+        [style("FAIL", "red", "bold") if not c["ok"] else style("warn", "yellow") if c.get("warning")
+         else style("ok", "green"), c["name"], c["detail"]]
         for c in report["checks"]
-    ]
+    ]  # fmt: skip
     lines.append(terminal.table(["", "CHECK", "DETAIL"], rows, style, indent="  "))
     config = report["config"]
     sync = config["synchronous"]
@@ -558,7 +644,9 @@ def _doctor_text(report: dict[str, Any]) -> str:
             f"  wake_up    {wake.get('used_chars', '?'):,} of {wake.get('budget_chars', '?'):,} characters, {trimmed}",
         ]
     problems = sum(not c["ok"] for c in report["checks"])
-    lines += ["", style("All checks passed.", "green") if not problems else
+    warnings = sum(bool(c["ok"] and c.get("warning")) for c in report["checks"])
+    passed = "All checks passed." if not warnings else f"All checks passed, {warnings} with a warning."
+    lines += ["", style(passed, "green") if not problems else
               style(f"{problems} problem{'s' if problems != 1 else ''} found.", "red", "bold")]  # fmt: skip
     return "\n".join(lines)
 
@@ -580,7 +668,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _serve_http(args: argparse.Namespace, settings: Settings) -> int:
-    from soul_mcp.server.http import ConfigError, serve_http
+    from soul_mcp.server.http import BindError, ConfigError, serve_http
 
     try:
         serve_http(
@@ -592,7 +680,12 @@ def _serve_http(args: argparse.Namespace, settings: Settings) -> int:
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except BindError as exc:
+        return _refuse(str(exc))
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
     return EXIT_OK
 
 
@@ -629,7 +722,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         print(terminal.table(["NAME", "SCOPES", "CREATED", "LAST USED", "STATUS"], rows, _style()))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
@@ -637,7 +730,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
         info = await s.revoke_token(args.name)
         _print(args, info, f"Revoked token {info.name!r} ({info.revoked_at}); requests with it now get 401.")
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def _reindex_progress(label: str) -> Callable[[int, int], None]:
@@ -677,7 +770,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
             )
         _print(args, done, "\n".join(lines))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -712,7 +805,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     async def work(s: Any) -> None:
         summary = await workspace.import_workspace(
-            s, args.directory, _actor(), dry_run=args.dry_run, progress=_progress_bar("Importing memories")
+            s,
+            args.directory,
+            _actor(),
+            dry_run=args.dry_run,
+            progress=_progress_bar("Importing memories"),
+            follow_links=args.follow_links,
         )
         _print(args, summary, workspace.render_import(summary))
 
@@ -726,7 +824,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         summary = await workspace.export_workspace(s, args.directory, dry_run=args.dry_run, force=args.force)
         _print(args, summary, workspace.render_export(summary))
 
-    return _run(args, work)
+    return _run(args, work, must_exist=True)
 
 
 def _add_workspace_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -742,10 +840,16 @@ def _add_workspace_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Read a workspace folder (the OpenClaw layout) into the self. " + layout + " A document "
         "gets a new version only when its file differs; memories already stored, or forgotten before, "
         "are skipped, so importing the same folder again adds nothing. Everything is checked before "
-        "anything is written.",
+        "anything is written. Only regular files are read: symbolic links, FIFOs and devices are "
+        "listed as not imported.",
     )
     p.add_argument("directory", metavar="DIR", help="the workspace folder")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    p.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="read symbolic links that lead to a file inside the workspace (links out are never read)",
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
@@ -755,7 +859,8 @@ def _add_workspace_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Write the self as a workspace folder. " + layout + " Each memory keeps its date, "
         "kind, importance, tags and author in a comment under it, so export, import into a fresh "
         "database and export again gives identical files. Only active memories and current "
-        "document versions are written; forgotten memories and history stay in the database.",
+        "document versions are written; forgotten memories and history stay in the database. "
+        "New files are private (0600, folders 0700); export never writes through a symbolic link.",
     )
     p.add_argument("directory", metavar="DIR", help="a new or empty folder (created when missing)")
     p.add_argument("--dry-run", action="store_true", help="show which files would change; write nothing")
@@ -770,6 +875,16 @@ def _add_workspace_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 # Parser -----------------------------------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -781,10 +896,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="soul-mcp",
         description="One persistent self (soul, memories, intent, north star) for every MCP client.",
         epilog="Every command takes --db PATH and --json; `soul-mcp COMMAND --help` explains it.\n"
-        "Exit codes: 0 ok, 1 refused or not found, 2 usage error, 3 database problem.",
+        "Exit codes: 0 ok, 1 refused or not found, 2 usage error, 3 database problem.\n"
+        "Only init, remember, import, edit, token create and serve create a missing database.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    parser.add_argument("--version", action="version", version=f"soul-mcp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log soul-mcp's debug detail to stderr (no memory contents)")  # fmt: skip
+    parser.add_argument("--log-sql", action="store_true",
+                        help="also log every SQL statement with its values, memories included")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -807,15 +927,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--http", action="store_true", help="serve Streamable HTTP instead of stdio")
     p.add_argument("--host", help="address to bind with --http (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, help="port with --http (default 8765)")
+    p.add_argument("--port", type=_port, help="port with --http, 1 to 65535 (default 8765)")
     p.add_argument("--allowed-host", action="append", metavar="HOST[:PORT]",
                    help="a host name clients use to reach the server (repeatable); needed to bind "
                    "an address other than loopback; other Host headers are refused")  # fmt: skip
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="with --http on loopback only: serve without tokens")  # fmt: skip
     p.add_argument("--soul-policy", choices=["open", "confirm", "locked"],
-                   help="identity changes over MCP: open (default), confirm (ask the person through "
-                   "the client) or locked (only the CLI); also $SOUL_MCP_SOUL_POLICY")  # fmt: skip
+                   help="identity changes over MCP: open (default), confirm (ask through the client's "
+                   "elicitation form; the client answers it, which proves no person did) or locked "
+                   "(only the CLI: the one way to be sure a person made the change); also "
+                   "$SOUL_MCP_SOUL_POLICY")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("wake", parents=[common], help="print what a new session would see")
@@ -1016,14 +1138,45 @@ def _explain(parser: argparse.ArgumentParser) -> None:
                 _explain(sub)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # stdout belongs to the protocol when serving: all logging goes to stderr.
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Logs go to stderr (stdout belongs to the protocol when serving). -v or $SOUL_MCP_LOG_LEVEL
+    set soul-mcp's own level; other libraries stay at INFO or above, because their debug lines
+    can carry what is stored (aiosqlite logs each statement with its values) unless --log-sql."""
+    default = "DEBUG" if args.verbose else "INFO" if args.command == "serve" else "WARNING"
+    level = logging.getLevelName(log_level_from_env() or default)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if args.command != "serve" else logging.INFO,
+        level=max(level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if os.environ.get("SOUL_MCP_LOG_LEVEL"):
-        logging.getLogger().setLevel(os.environ["SOUL_MCP_LOG_LEVEL"].upper())
-    return args.func(args)
+    if level < logging.INFO:
+        logging.getLogger("soul_mcp").setLevel(level)
+    if args.log_sql:
+        logging.getLogger("aiosqlite").setLevel(logging.DEBUG)
+
+
+def _quiet_stdout() -> None:
+    """The reader of our output went away (`soul-mcp recall x | head -1`): send what is left to
+    devnull, so the flush at exit does not fail again with a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _configure_logging(args)
+        code = args.func(args)
+        sys.stdout.flush()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # Not a failure: the reader had what it wanted, as with `head`.
+        _quiet_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130  # as a shell reports a command stopped by Ctrl-C
+    return code

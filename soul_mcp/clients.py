@@ -25,9 +25,8 @@ HOSTS = ("claude-desktop", "claude-code", "cursor", "vscode")
 SCRIPT = "soul-mcp.exe" if os.name == "nt" else "soul-mcp"
 
 
-def server_argv(db_path: Path) -> list[str]:
-    """The absolute command line that starts this installation's server on `db_path`."""
-    db = str(Path(db_path).expanduser().resolve())
+def launcher() -> list[str]:
+    """The absolute command that runs this installation: its script, else `python -m soul_mcp`."""
     launched = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     # Not resolved: a venv's python is a symlink, and following it would leave the venv behind.
     candidates = [
@@ -36,8 +35,13 @@ def server_argv(db_path: Path) -> list[str]:
     ]
     for script in candidates:
         if script is not None and script.is_file():
-            return [str(script), "serve", "--db", db]
-    return [str(Path(sys.executable).absolute()), "-m", "soul_mcp", "serve", "--db", db]
+            return [str(script)]
+    return [str(Path(sys.executable).absolute()), "-m", "soul_mcp"]
+
+
+def server_argv(db_path: Path) -> list[str]:
+    """The absolute command line that starts this installation's server on `db_path`."""
+    return [*launcher(), "serve", "--db", str(Path(db_path).expanduser().resolve())]
 
 
 def _where(host: str) -> str:
@@ -57,7 +61,7 @@ def _where(host: str) -> str:
     }[host]
 
 
-def _shell_join(argv: list[str]) -> str:
+def shell_join(argv: list[str]) -> str:
     return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
 
 
@@ -73,7 +77,7 @@ def host_config(host: str, db_path: Path, name: str = "soul", scope: str = "user
     elif host == "vscode":
         snippet = {"servers": {name: {"type": "stdio", "command": command, "args": args}}}
     else:
-        shell = _shell_join(["claude", "mcp", "add", "--scope", scope, name, "--", command, *args])
+        shell = shell_join(["claude", "mcp", "add", "--scope", scope, name, "--", command, *args])
     return {
         "host": host,
         "name": name,

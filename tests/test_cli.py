@@ -130,6 +130,7 @@ def test_forget_takes_a_memory_out_of_recall_and_restore_memory_brings_it_back(d
 
 
 def test_forget_of_an_unknown_id_is_refused_with_a_message(db_path: Path) -> None:
+    ok(cli("init", db=db_path))
     refused(cli("forget", "m_000000000000", "--reason", "typo", db=db_path), "no memory has the id")
 
 
@@ -160,6 +161,7 @@ def test_a_value_the_core_rejects_exits_1_not_2(db_path: Path) -> None:
 
 
 def test_soul_show_prints_the_starter_before_any_soul_is_written(db_path: Path) -> None:
+    ok(cli("init", db=db_path))
     shown = ok(cli("soul", "show", db=db_path))
     assert shown.startswith("Soul (starter, not yet adopted):")
     assert ok(cli("soul", "show", "--raw", db=db_path)) == STARTER_SOUL + "\n"
@@ -191,6 +193,7 @@ async def test_history_and_diff_show_what_an_mcp_client_wrote(server: Any, db_pa
     ids=["missing-version", "version-zero", "show-missing"],
 )
 def test_bad_versions_are_refused_with_an_error_on_stderr(db_path: Path, args: list[str]) -> None:
+    ok(cli("init", db=db_path))
     done = cli(*args, db=db_path)
     refused(done)
     assert done.stdout == ""

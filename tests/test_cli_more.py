@@ -278,7 +278,7 @@ def test_edit_of_the_soul_needs_a_reason_before_the_editor_opens(tmp_path: Path,
     env = editor(tmp_path, f"pathlib.Path({str(marker)!r}).touch()\npath.write_text('changed')")
     refused(run("soul", "edit", db=db_path, env=env), "--reason")
     assert not marker.exists()  # refused up front: nothing typed is thrown away
-    assert as_json(run("soul", "history", "--json", db=db_path))["versions"] == []
+    assert not db_path.exists()  # nothing written, not even an empty database
 
 
 def test_a_failing_editor_stores_nothing(tmp_path: Path, db_path: Path) -> None:

@@ -22,6 +22,8 @@ from conftest import load_bench, server_command, server_env
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from soul_mcp.cli import main
+
 pytestmark = pytest.mark.anyio
 
 
@@ -121,7 +123,7 @@ async def test_backup_while_a_server_writes_restores_everything_it_holds(
     assert done.returncode == 0, done.stderr
     assert f"Backed up to {target}" in done.stdout
     assert "integrity ok" in done.stdout and "bytes" in done.stdout
-    assert "soul: 1 versions" in done.stdout
+    assert "soul: 1 version\n" in done.stdout
 
     # The copy is whole and consistent: every memory acknowledged before the backup began is in it,
     # nothing that was never written, and the number the CLI printed is what it holds.
@@ -154,6 +156,7 @@ async def test_backup_while_a_server_writes_restores_everything_it_holds(
 
 
 def test_backup_refuses_to_overwrite_unless_forced(db_path: Path, tmp_path: Path) -> None:
+    assert main(["init", "--db", str(db_path)]) == 0
     target = tmp_path / "existing.db"
     target.write_text("something precious")
     refused = backup_cli(db_path, str(target))
@@ -178,6 +181,7 @@ def test_backup_refuses_to_overwrite_unless_forced(db_path: Path, tmp_path: Path
 def test_backup_refuses_a_target_it_cannot_use(
     db_path: Path, tmp_path: Path, where: str, expected: str
 ) -> None:
+    assert main(["init", "--db", str(db_path)]) == 0
     target = {"db": db_path, "folder": tmp_path}.get(where, tmp_path / where)
     refused = backup_cli(db_path, str(target), "--force")
     assert refused.returncode == 1

@@ -104,9 +104,10 @@ class RawStdio:
 
 @asynccontextmanager
 async def raw_server(
-    db: Path, stderr_path: Path, env: dict[str, str] | None = None
+    db: Path, stderr_path: Path, env: dict[str, str] | None = None, options: tuple[str, ...] = ()
 ) -> AsyncIterator[RawStdio]:
     command, args = server_command(db)
+    args = [*args[:2], *options, *args[2:]]  # options of soul-mcp itself go before `serve`
     with stderr_path.open("wb") as stderr:
         process = await anyio.open_process(
             [command, *args],
@@ -172,9 +173,9 @@ async def test_stdio_session_walks_wake_remember_recall_and_intent(db_path: Path
 @pytest.mark.anyio
 async def test_stdout_carries_only_json_rpc_and_logs_go_to_stderr(db_path: Path, tmp_path: Path) -> None:
     stderr_path = tmp_path / "server.err"
-    # DEBUG logging makes the server as chatty as it can be (aiosqlite logs every statement).
+    # DEBUG logging with --log-sql makes the server as chatty as it can be (every SQL statement).
     env = server_env(db_path) | {"SOUL_MCP_LOG_LEVEL": "DEBUG"}
-    async with raw_server(db_path, stderr_path, env) as raw:
+    async with raw_server(db_path, stderr_path, env, ("--log-sql",)) as raw:
         init = await raw.handshake()
         assert init["result"]["serverInfo"]["name"] == "soul-mcp"
         assert init["result"]["protocolVersion"] == HANDSHAKE_VERSION
@@ -205,6 +206,7 @@ async def test_stdout_carries_only_json_rpc_and_logs_go_to_stderr(db_path: Path,
     logs = stderr_path.read_text()
     assert "serving over stdio" in logs
     assert "DEBUG" in logs  # the debug chatter happened, on stderr
+    assert "aiosqlite" in logs  # --log-sql's statements too
 
 
 @pytest.mark.anyio
@@ -284,7 +286,8 @@ def test_serve_on_a_terminal_explains_itself_on_stderr_and_still_speaks_mcp(db_p
         text = help_text.decode()
         assert "meant to be started by an MCP client" in text
         assert str(db_path) in text
-        assert "claude mcp add soul -- soul-mcp serve" in text
+        # The command a client needs: absolute (a client has neither this PATH nor this venv).
+        assert "claude mcp add soul -- /" in text and " serve --db " in text
 
         # Typed at the terminal, a JSON-RPC line is still served, and the answer is the first
         # thing on stdout: the help did not leak there.

@@ -9,29 +9,33 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
+import anyio
 from mcp.server import MCPServer
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.resolve import ElicitationResult, Resolve
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from soul_mcp import __version__
 from soul_mcp.config import Settings
-from soul_mcp.core import AgentSelf, render
-from soul_mcp.errors import SoulError
+from soul_mcp.core import AgentSelf, render, validate
+from soul_mcp.errors import InvalidInput, NotFound, SoulError
 from soul_mcp.models import (
     Actor,
     Diff,
     Document,
     DocumentWrite,
     History,
-    Memory,
+    MemoryReceipt,
+    MemoryView,
     RecallResult,
     RememberResult,
     WakeUp,
@@ -39,6 +43,8 @@ from soul_mcp.models import (
 from soul_mcp.server import access
 from soul_mcp.server.live import DOCUMENT_URIS, LiveUpdates
 from soul_mcp.server.state import SelfHolder, Session
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,16 +70,63 @@ Reason = Annotated[str, Field(description="one sentence on why; required, stored
 
 
 def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn domain errors into tool errors with the domain's message."""
+    """Turn domain errors into tool errors with the domain's message, and anything unexpected into
+    one that says so (the SDK would answer only "Error executing tool X"). First, when the database
+    could not be opened, try again, or answer why."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            ctx = kwargs.get("ctx")
+            if isinstance(ctx, Context):
+                await _session(ctx).holder.ready()
             return await fn(*args, **kwargs)
         except SoulError as exc:
             raise ToolError(str(exc)) from None
+        except (ToolError, MCPError):
+            raise
+        except Exception as exc:
+            # The traceback, not the arguments: they may hold the user's memories.
+            log.exception("tool %s failed unexpectedly", fn.__name__)
+            raise ToolError(
+                f"internal error in {fn.__name__}: {type(exc).__name__}; the server log has details"
+            ) from None
 
     return wrapper
+
+
+def _unexpected(what: str, exc: Exception) -> str:
+    log.exception("%s failed unexpectedly", what)
+    return f"internal error in {what}: {type(exc).__name__}; the server log has details"
+
+
+def _prompt_errors(
+    holder: SelfHolder,
+) -> Callable[[Callable[P, Awaitable[str]]], Callable[P, Awaitable[str]]]:
+    """What tool_errors does for tools, for prompts: the SDK answers a failed prompt with only
+    "Error rendering prompt X"."""
+
+    def decorate(fn: Callable[P, Awaitable[str]]) -> Callable[P, Awaitable[str]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> str:
+            try:
+                await holder.ready()
+                return await fn(*args, **kwargs)
+            except (InvalidInput, NotFound) as exc:
+                raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+            except SoulError as exc:
+                raise MCPError(code=INTERNAL_ERROR, message=str(exc)) from None
+            except MCPError:
+                raise
+            except Exception as exc:
+                raise MCPError(
+                    code=INTERNAL_ERROR,
+                    message=_unexpected(f"the {fn.__name__.removesuffix('_prompt')} prompt", exc),
+                ) from None
+
+        return wrapper
+
+    return decorate
 
 
 def _session(ctx: Context) -> Session:
@@ -148,13 +201,18 @@ async def remember(
     a lesson learned, an event. Write it so it makes sense on its own months later.
 
     Returns the stored memory with its id. Storing the same content again (ignoring case and spacing)
-    returns the existing memory with is_new=false instead of a copy.
+    returns the existing memory with is_new=false instead of a copy (only its id and status for a
+    token without the read scope).
     Example: remember(content="Maya prefers short answers with code first", kind="preference",
     tags=["maya"], importance=4)
     """
     result = await _self(ctx).remember(
         content, _actor(ctx), kind=kind, tags=tags, importance=importance, occurred_at=occurred_at
     )
+    if not result.is_new and not access.may_read(ctx.request_context):
+        # The stored memory's tags, author and dates are not what this caller sent.
+        receipt = MemoryReceipt(id=result.memory.id, status=result.memory.status)
+        result = RememberResult(memory=receipt, is_new=False)
     return _result(result, render.remember(result))
 
 
@@ -207,13 +265,18 @@ async def forget(
     ctx: Context,
     memory_id: Annotated[str, Field(description="the memory's id, e.g. 'm_1a2b3c4d5e6f'")],
     reason: Reason,
-) -> Annotated[CallToolResult, Memory]:
+) -> Annotated[CallToolResult, MemoryView]:
     """Take a memory out of recall because it is wrong, outdated or unwanted. It is not deleted: it
     stays readable (self://memories/{id}) and a person can restore it with the CLI. To correct a
-    memory, use revise_memory instead.
+    memory, use revise_memory instead. Returns the memory (only its id and status for a token
+    without the read scope).
     """
     memory = await _self(ctx).forget(memory_id, reason)
-    return _result(memory, "Forgotten (restorable until purged):\n" + render.memory(memory))
+    if not access.may_read(ctx.request_context):
+        kept = memory.model_dump(include={"id", "status", "status_reason", "status_changed_at"})
+        return _result(MemoryView(**kept), f"Forgotten {memory.id} (restorable until purged).")
+    text = "Forgotten (restorable until purged):\n" + render.memory(memory)
+    return _result(MemoryView(**memory.model_dump()), text)
 
 
 @tool_errors
@@ -222,13 +285,17 @@ async def revise_memory(
     memory_id: Annotated[str, Field(description="the id of the memory to correct")],
     content: Annotated[str, Field(description="the corrected, complete content")],
     reason: Reason,
-) -> Annotated[CallToolResult, Memory]:
+) -> Annotated[CallToolResult, MemoryView]:
     """Correct a memory. Stores the new content as a new memory (same kind, tags, importance and
     date) that supersedes the old one; the old one leaves recall but stays readable with a link to
-    the new one. Returns the new memory.
+    the new one. Returns the new memory (for a token without the read scope: its id, content and
+    author, not what it took over from the old one).
     """
     _, new = await _self(ctx).revise(memory_id, content, reason, _actor(ctx))
-    return _result(new, f"Revised {memory_id} into:\n" + render.memory(new))
+    if not access.may_read(ctx.request_context):
+        kept = new.model_dump(include={"id", "content", "author", "created_at", "status", "supersedes"})
+        return _result(MemoryView(**kept), f"Revised {memory_id} into {new.id}.")
+    return _result(MemoryView(**new.model_dump()), f"Revised {memory_id} into:\n" + render.memory(new))
 
 
 async def _read(ctx: Context, document: str, version: int | None = None) -> CallToolResult:
@@ -429,12 +496,25 @@ RESOURCE_DESCRIPTIONS = {
 }
 
 
+async def _read_resource(uri: str, read: Awaitable[str]) -> str:
+    """A resource's text; any failure as a ResourceError that says what it was (the SDK would
+    answer only "Error reading resource")."""
+    try:
+        return await read
+    except SoulError as exc:
+        raise ResourceError(str(exc)) from None
+    except (ResourceError, MCPError):
+        raise
+    except Exception as exc:
+        raise ResourceError(_unexpected(f"reading {uri}", exc)) from None
+
+
 def _add_resources(server: MCPServer[Session], holder: SelfHolder) -> None:
+    async def document_text(document: str, version: int | None = None) -> str:
+        return (await (await holder.ready()).read(document, version)).content
+
     async def current(document: str) -> str:
-        try:
-            return (await holder.current().read(document)).content
-        except SoulError as exc:
-            raise ResourceError(str(exc)) from None
+        return await _read_resource(DOCUMENT_URIS[document], document_text(document))
 
     # One resource per document, at the same URIs live updates announce (self://north-star, ...).
     for document, uri in DOCUMENT_URIS.items():
@@ -455,25 +535,24 @@ def _add_resources(server: MCPServer[Session], holder: SelfHolder) -> None:
     @server.resource("self://soul/versions/{version}", name="soul-version", mime_type="text/markdown",
                      description="One stored version of the soul")  # fmt: skip
     async def soul_version_resource(version: str) -> str:
-        if not version.isdigit():
-            raise ResourceError(f"version must be a whole number from 1, got {version!r}")
-        try:
-            return (await holder.current().read("soul", int(version))).content
-        except SoulError as exc:
-            raise ResourceError(str(exc)) from None
+        # ASCII digits only ("²".isdigit() is true), and few enough for int() to take.
+        if not (version.isascii() and version.isdigit() and len(version) <= 30):
+            raise ResourceError(validate.bad_version(version))
+        return await _read_resource(f"self://soul/versions/{version}", document_text("soul", int(version)))
 
     @server.resource("self://memories/{memory_id}", name="memory", mime_type="application/json",
                      description="One memory, whatever its status (active, forgotten or superseded)")  # fmt: skip
     async def memory_resource(memory_id: str) -> str:
-        try:
-            memory = await holder.current().get_memory(memory_id)
-        except SoulError as exc:
-            raise ResourceError(str(exc)) from None
-        return json.dumps(memory.model_dump(mode="json"), ensure_ascii=False, indent=2)
+        async def read() -> str:
+            memory = await (await holder.ready()).get_memory(memory_id)
+            return json.dumps(memory.model_dump(mode="json"), ensure_ascii=False, indent=2)
+
+        return await _read_resource(f"self://memories/{memory_id}", read())
 
 
 def _add_prompts(server: MCPServer[Session], holder: SelfHolder) -> None:
     @server.prompt(name="wake_up", description="Start a session: your assembled self and how to use it")
+    @_prompt_errors(holder)
     async def wake_up_prompt(focus: str | None = None) -> str:
         woken = await holder.current().wake_up(Actor(name="wake_up prompt"), focus=focus)
         return (
@@ -486,6 +565,7 @@ def _add_prompts(server: MCPServer[Session], holder: SelfHolder) -> None:
         )
 
     @server.prompt(name="reflect", description="End a session: keep what matters and leave an intent")
+    @_prompt_errors(holder)
     async def reflect_prompt() -> str:
         intent = await holder.current().read("intent")
         previous = intent.content if intent.version else "(none yet)"
@@ -516,10 +596,26 @@ def build_server(settings: Settings, *, bearer_auth: bool = False) -> MCPServer[
         }
     live = LiveUpdates()  # subscriptions to the documents, in both protocol eras
 
+    async def watch_once_open(opened: anyio.Event) -> None:
+        await opened.wait()
+        async with live.watching(holder.current().store):
+            await anyio.sleep_forever()
+
     @asynccontextmanager
     async def lifespan(_: MCPServer[Session]) -> AsyncIterator[Session]:
-        async with holder.session() as session, live.watching(session.agent_self.store):
-            yield session
+        async with holder.session() as session:
+            if holder.opened is not None and not holder.opened.is_set():
+                # The database could not be opened: serve anyway. Every call answers why (or
+                # opens it, once it can), and live updates start then.
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(watch_once_open, holder.opened)
+                    try:
+                        yield session
+                    finally:
+                        tg.cancel_scope.cancel()
+                return
+            async with live.watching(session.agent_self.store):
+                yield session
 
     server: MCPServer[Session] = MCPServer(
         "soul-mcp",

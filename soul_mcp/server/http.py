@@ -18,8 +18,11 @@ client left. Then the sessions end and the database closes. GRACE_SECONDS bounds
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
+import socket
 from typing import Any
 
 import anyio
@@ -44,6 +47,10 @@ LONG_LIVED_METHODS = frozenset({"subscriptions/listen"})
 
 class ConfigError(ValueError):
     """The HTTP options do not make a safe server; the message says what to change."""
+
+
+class BindError(Exception):
+    """The address cannot be listened on (the port is taken, the address is not this machine's)."""
 
 
 def max_body_bytes(settings: Settings) -> int:
@@ -206,10 +213,51 @@ def build_app(
     return Front(app, stopping)
 
 
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` names (both families for localhost), bound
+    before the server starts: uvicorn would open the database first, then log a failed bind and
+    exit 3, which means a database problem."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(
+            f"cannot listen on {host}: {exc.strerror} (--host takes an address of this machine)"
+        ) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sockets.append(sock := socket.socket(family, kind, proto))
+            if os.name == "posix":  # as asyncio does: restart at once after a stop (TIME_WAIT)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            message = f"port {port} on {host} is already in use: stop the other server or pass --port"
+        else:
+            message = f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+        raise BindError(message) from None
+    return sockets
+
+
+async def _open_once(settings: Settings) -> None:
+    """A database that cannot be opened stops an HTTP server at its start, where its operator
+    sees why (StorageError), instead of a server that answers every request with it."""
+    from soul_mcp.core import AgentSelf
+
+    agent_self = await AgentSelf.open(settings)
+    await agent_self.close()
+
+
 def serve_http(
     settings: Settings, host: str, port: int, allowed_hosts: list[str], insecure_no_auth: bool
 ) -> None:
-    """Serve until SIGTERM or SIGINT; raises ConfigError before binding anything if unsafe."""
+    """Serve until SIGTERM or SIGINT; raises ConfigError before binding anything if unsafe,
+    BindError before opening the database if the address cannot be listened on, and StorageError
+    if the database cannot be opened."""
     # sse_starlette (under the SDK) ends every SSE stream on shutdown, answers in flight included;
     # Front ends only the long-lived ones, so the answers still go out.
     from sse_starlette.sse import AppStatus
@@ -219,6 +267,8 @@ def serve_http(
     async def main() -> None:
         stopping = anyio.Event()
         app = build_app(settings, host, allowed_hosts, insecure_no_auth, stopping)
+        sockets = bind(host.strip("[]"), port)
+        await _open_once(settings)
         config = uvicorn.Config(
             app,
             host=host.strip("[]"),
@@ -231,6 +281,6 @@ def serve_http(
         shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
         log.info("serving Streamable HTTP at http://%s:%d%s (%s), database %s", shown, port, MCP_PATH,
                  auth, settings.db_path)  # fmt: skip
-        await _Server(config, stopping).serve()
+        await _Server(config, stopping).serve(sockets)
 
     anyio.run(main)
