@@ -15,6 +15,7 @@ import warnings
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -25,6 +26,9 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp.types import ResourceUpdatedNotification
+
+from soul_mcp.config import Settings
+from soul_mcp.server import build_server, sdk_private
 
 pytestmark = pytest.mark.anyio
 
@@ -243,3 +247,44 @@ def test_server_with_a_watcher_and_a_subscriber_stops_cleanly_when_the_client_le
     assert process.returncode == 0, stderr.decode()
     assert not [line for line in stderr.decode().splitlines() if " WARNING " in line or " ERROR " in line]
     assert "Traceback" not in stderr.decode()
+
+
+async def test_this_sdk_still_has_what_live_updates_reach_for(
+    server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fails when an SDK upgrade moved an internal: the fallbacks below are then what serves."""
+    assert sdk_private.lowlevel_server(server) is not None
+    async with subscriber(server, "legacy", ["self://intent"]) as (client, updates):
+        await write(client, "write_intent", "heard through the connection")
+        await updates.wait_for("self://intent")
+    assert "this version of the MCP SDK" not in caplog.text
+
+
+def test_sdk_private_answers_none_for_what_is_not_there() -> None:
+    assert sdk_private.lowlevel_server(object()) is None
+    assert sdk_private.lowlevel_server(SimpleNamespace(_lowlevel_server=SimpleNamespace())) is None
+    assert sdk_private.connection(SimpleNamespace(session=SimpleNamespace())) is None  # type: ignore[arg-type]
+
+
+async def test_without_the_low_level_server_the_2026_era_still_hears(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sdk_private, "lowlevel_server", lambda server: None)
+    server = build_server(settings)
+    assert "clients of the handshake era cannot subscribe" in caplog.text
+    async with subscriber(server, "auto", ["self://soul"]) as (client, updates):
+        await write(client, "write_soul", "# Heard without resources/subscribe")
+        await updates.wait_for("self://soul")
+    async with Client(server, mode="legacy") as client:
+        resources = client.server_capabilities.resources
+        assert resources is not None and not resources.subscribe  # not offered, so not attempted
+
+
+async def test_without_a_requests_connection_a_subscriber_still_hears(
+    monkeypatch: pytest.MonkeyPatch, server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sdk_private, "connection", lambda ctx: None)
+    async with subscriber(server, "legacy", ["self://intent"]) as (client, updates):
+        await write(client, "write_intent", "heard through the subscribing request")
+        await updates.wait_for("self://intent")
+    assert "hides a request's connection" in caplog.text

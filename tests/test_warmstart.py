@@ -9,6 +9,7 @@ real client is used, from a marker written into the cached answer (only the cach
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -336,3 +337,38 @@ def test_servers_starting_together_leave_one_complete_cache(tmp_path: Path) -> N
     data = json.loads(the_cache_file(cache_dir).read_text())
     assert set(data["answers"][VERSION]) == {"initialize", "tools/list"}
     assert list(cache_dir.glob(".warm-start-*")) == []  # no temporary file left behind
+
+
+SDK_MOVED = """\
+# As if an MCP SDK release had moved the low-level server soul-mcp runs on its own streams.
+from soul_mcp.server import sdk_private
+
+sdk_private.lowlevel_server = lambda server: None
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("warm", ["1", "0"], ids=["warm-start", "warm-start-off"])
+async def test_serve_falls_back_to_the_plain_start_when_the_sdk_internals_moved(
+    tmp_path: Path, warm: str
+) -> None:
+    db, cache_dir, log = tmp_path / "soul.db", tmp_path / "cache", tmp_path / "server.err"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SDK_MOVED)
+    env = warm_env(db, cache_dir, **{WARM_START_ENV: warm})
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{env['PYTHONPATH']}"
+    remember = request(2, "tools/call", {"name": "remember", "arguments": {"content": "Served all the same"}})
+    async with raw_server(db, log, env) as raw:
+        # Sent at once: the warm start reads them before the SDK is ready, and must hand them over.
+        for message in (initialize(0, VERSION), INITIALIZED, request(1, "tools/list"), remember):
+            await raw.send(message)
+        answers = await raw.answers({0, 1, 2})
+        assert await finish(raw) == 0
+    assert all(len(lines) == 1 for lines in lines_by_id(raw.lines).values())
+    assert answers[0]["result"]["protocolVersion"] == VERSION
+    assert answers[1]["result"]["tools"][0]["name"] == "wake_up"
+    assert answers[2]["result"]["isError"] is False, answers[2]
+    text = log.read_text()
+    assert "the MCP SDK no longer has the low-level server" in text and "MCPServer.run()" in text
+    assert not list(cache_dir.glob("warm-start-*.json"))  # nothing cached by a start it did not run

@@ -42,6 +42,7 @@ from starlette.authentication import AuthenticationError
 from soul_mcp.core.text import clean_name
 from soul_mcp.errors import SoulError, StorageError
 from soul_mcp.models import SCOPES, Actor
+from soul_mcp.names import DOCUMENT_SPECS, IDENTITY_DOCUMENTS
 
 if TYPE_CHECKING:
     from soul_mcp.server.state import SelfHolder, Session
@@ -51,57 +52,56 @@ log = logging.getLogger(__name__)
 READ, WRITE, IDENTITY = "read", "write", "identity"
 ALL_SCOPES = frozenset(SCOPES)
 
-TOOL_SCOPES: dict[str, str] = {
-    "wake_up": READ,  # it records that a session began, but starting a session is reading
-    "recall": READ,
-    "read_soul": READ,
-    "read_intent": READ,
-    "read_north_star": READ,
-    "history": READ,
-    "diff": READ,
-    "remember": WRITE,
-    "forget": WRITE,
-    "revise_memory": WRITE,
-    "write_intent": WRITE,
-    "write_soul": IDENTITY,
-    "write_north_star": IDENTITY,
-    # restore, write_document: identity for an identity document, else write (see tool_scope)
-}
-# Documents that are who the agent is. The `user` document (what it knows about its person) and the
-# intent are working notes, like memories: the write scope covers them.
-IDENTITY_DOCUMENTS = frozenset({"soul", "north_star", "identity"})
-# Identity tools that carry the confirm resolver; under `confirm` any other identity change is
-# refused, because there would be no way to ask.
-CONFIRMING_TOOLS = frozenset({"write_soul", "write_north_star", "restore", "write_document"})
+# The tool changes the document its `document` argument names.
+DOCUMENT_ARGUMENT = "<document argument>"
+
+
+@dataclass(frozen=True)
+class ToolAccess:
+    """What a call to one tool needs (each tool's is in server/tools.py's table).
+
+    `scope` is what the call needs unless it changes an identity document (names.IDENTITY_DOCUMENTS),
+    which needs `identity`; `changes` is the document it changes: a name, DOCUMENT_ARGUMENT or None.
+    `confirms`: it carries the confirm resolver (an `approval` parameter); under `confirm` any other
+    identity change is refused, because there would be no way to ask.
+    """
+
+    scope: str
+    changes: str | None = None
+    confirms: bool = False
+
+
+# A tool nobody classified (the SDK will say it does not exist): `read_*` reads; anything else
+# needs what changing the document it names needs, and `identity` when it names none: fail closed.
+_UNCLASSIFIED_READ = ToolAccess(READ)
+_UNCLASSIFIED = ToolAccess(WRITE, changes=DOCUMENT_ARGUMENT)
 # Requests other than tools/call that reveal the self's content.
 READ_METHODS = frozenset(
     {"resources/read", "resources/subscribe", "subscriptions/listen", "prompts/get", "completion/complete"}
 )
 
 
-def identity_document(tool: str, arguments: Mapping[str, Any]) -> str | None:
+def access_rule(tools: Mapping[str, ToolAccess], tool: str) -> ToolAccess:
+    """The tool's entry in the table, or the rule for a tool nobody classified."""
+    rule = tools.get(tool)
+    if rule is not None:
+        return rule
+    return _UNCLASSIFIED_READ if tool.startswith("read_") else _UNCLASSIFIED
+
+
+def identity_document(rule: ToolAccess, arguments: Mapping[str, Any]) -> str | None:
     """The identity document this tool call would change, or None."""
-    if tool == "write_soul":
-        return "soul"
-    if tool == "write_north_star":
-        return "north_star"
-    if tool in TOOL_SCOPES or tool.startswith("read_"):
-        return None
-    document = arguments.get("document")
+    document = arguments.get("document") if rule.changes == DOCUMENT_ARGUMENT else rule.changes
     return document if isinstance(document, str) and document in IDENTITY_DOCUMENTS else None
 
 
-def tool_scope(tool: str, arguments: Mapping[str, Any]) -> str:
-    """The scope a call needs. A tool nobody classified needs `identity`: fail closed."""
-    if identity_document(tool, arguments):
+def tool_scope(rule: ToolAccess, arguments: Mapping[str, Any]) -> str:
+    """The scope a call needs."""
+    if identity_document(rule, arguments):
         return IDENTITY
-    if tool in TOOL_SCOPES:
-        return TOOL_SCOPES[tool]
-    if tool.startswith("read_"):
-        return READ
-    if isinstance(arguments.get("document"), str):  # a document that is not identity
-        return WRITE
-    return IDENTITY
+    if rule.changes == DOCUMENT_ARGUMENT and not isinstance(arguments.get("document"), str):
+        return IDENTITY  # no document named: fail closed
+    return rule.scope
 
 
 # Who is calling ----------------------------------------------------------------------------------
@@ -171,8 +171,8 @@ def _missing_scope(who: Caller, scope: str, what: str) -> str:
 
 
 def _edit_hint(document: str) -> str:
-    command = "north-star" if document == "north_star" else document
-    return f"soul-mcp {command} edit"
+    spec = DOCUMENT_SPECS.get(document)
+    return f"soul-mcp {spec.command if spec else document} edit"
 
 
 def _label(document: str) -> str:
@@ -180,7 +180,13 @@ def _label(document: str) -> str:
 
 
 class AccessMiddleware:
-    """Refuses, before anything runs, a request outside the caller's scopes or the soul policy."""
+    """Refuses, before anything runs, a request outside the caller's scopes or the soul policy.
+
+    `tools`: each tool's access rule (server/tools.py's table).
+    """
+
+    def __init__(self, tools: Mapping[str, ToolAccess]) -> None:
+        self.tools = tools
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.request_id is None:  # notifications carry nothing to guard
@@ -189,7 +195,7 @@ class AccessMiddleware:
             params = ctx.params or {}
             tool, arguments = params.get("name"), params.get("arguments") or {}
             if isinstance(tool, str) and isinstance(arguments, Mapping):
-                refusal = self._refuse_tool(ctx, tool, arguments)
+                refusal = self._refuse_tool(ctx, access_rule(self.tools, tool), tool, arguments)
                 if refusal is not None:
                     log.info("refused %s: %s", tool, refusal)
                     return CallToolResult(content=[TextContent(type="text", text=refusal)], is_error=True)
@@ -201,13 +207,13 @@ class AccessMiddleware:
 
     @staticmethod
     def _refuse_tool(
-        ctx: ServerRequestContext[Any, Any], tool: str, arguments: Mapping[str, Any]
+        ctx: ServerRequestContext[Any, Any], rule: ToolAccess, tool: str, arguments: Mapping[str, Any]
     ) -> str | None:
         who = caller(ctx)
-        scope = tool_scope(tool, arguments)
+        scope = tool_scope(rule, arguments)
         if scope not in who.scopes:
             return f"Error executing tool {tool}: " + _missing_scope(who, scope, tool)
-        document = identity_document(tool, arguments)
+        document = identity_document(rule, arguments)
         if document is None:
             return None
         policy = ctx.lifespan_context.soul_policy
@@ -216,7 +222,7 @@ class AccessMiddleware:
                 f"Error executing tool {tool}: the {_label(document)} is locked (soul policy 'locked'): "
                 f"identity changes only from the command line, by a person: {_edit_hint(document)}"
             )
-        if policy == "confirm" and tool not in CONFIRMING_TOOLS:
+        if policy == "confirm" and not rule.confirms:
             return f"Error executing tool {tool}: changing the {_label(document)} needs a person's confirmation ({_edit_hint(document)})"
         return None
 

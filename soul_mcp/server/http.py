@@ -1,7 +1,7 @@
 """`soul-mcp serve --http`: one process, one database, many clients over Streamable HTTP.
 
 What protects it, outermost first:
-- `Front` (here): POST /mcp must be JSON (415 otherwise), and a graceful stop (below).
+- `McpEndpointGuard` (here): POST /mcp must be JSON (415 otherwise), and a graceful stop (below).
 - bearer tokens (server/access.py, the tokens table): 401 with WWW-Authenticate without a valid
   one, unless --insecure-no-auth, which is refused off loopback;
 - the SDK's Host/Origin checks against DNS rebinding (421 / 403): always on, for the loopback
@@ -96,8 +96,9 @@ def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecurity
     )
 
 
-class Front:
-    """The outermost layer: 415 for a POST that is not JSON, and the graceful stop."""
+class McpEndpointGuard:
+    """The outermost layer, guarding /mcp: 415 for a POST that is not JSON, and long-lived streams
+    ended cleanly on a graceful stop."""
 
     def __init__(self, app: ASGIApp, stopping: anyio.Event) -> None:
         self.app = app
@@ -167,7 +168,7 @@ class Front:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling `Front` when a stop begins."""
+    """uvicorn's server, telling `McpEndpointGuard` when a stop begins."""
 
     def __init__(self, config: uvicorn.Config, stopping: anyio.Event) -> None:
         super().__init__(config)
@@ -210,7 +211,7 @@ def build_app(
         transport_security=security,
         host=host,
     )
-    return Front(app, stopping)
+    return McpEndpointGuard(app, stopping)
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -259,7 +260,7 @@ def serve_http(
     BindError before opening the database if the address cannot be listened on, and StorageError
     if the database cannot be opened."""
     # sse_starlette (under the SDK) ends every SSE stream on shutdown, answers in flight included;
-    # Front ends only the long-lived ones, so the answers still go out.
+    # McpEndpointGuard ends only the long-lived ones, so the answers still go out.
     from sse_starlette.sse import AppStatus
 
     AppStatus.disable_automatic_graceful_drain()

@@ -22,31 +22,31 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from mcp.server import MCPServer
-from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
-from soul_mcp.models import DOCUMENTS
+from soul_mcp.names import DOCUMENT_URIS
+from soul_mcp.server import sdk_private
 from soul_mcp.storage.base import Store
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 # Every document has a resource of its own: self://soul, self://intent, self://north-star, ...
-DOCUMENT_URIS = {document: "self://" + document.replace("_", "-") for document in DOCUMENTS}
 SUBSCRIBABLE = tuple(DOCUMENT_URIS.values())
 
 
-def _connection(ctx: ServerRequestContext[Any, Any]) -> Connection:
-    # The SDK (2.3) builds a ServerSession per request and exposes no public handle on the
-    # connection behind it; the connection is what lasts from subscribe to unsubscribe.
-    return ctx.session._connection  # type: ignore[attr-defined, no-any-return]
+class Subscriber(Protocol):
+    """What a handshake-era subscription is kept as: the SDK's Connection, or (should an SDK
+    release hide it) the subscribing request's ServerSession, which can still notify."""
+
+    async def send_resource_updated(self, uri: str) -> None: ...
 
 
 class LiveUpdates:
@@ -55,7 +55,8 @@ class LiveUpdates:
     def __init__(self, poll_seconds: float = POLL_SECONDS) -> None:
         self.poll_seconds = poll_seconds
         self.bus = InMemorySubscriptionBus()
-        self._subscribers: dict[str, set[Connection]] = {uri: set() for uri in SUBSCRIBABLE}
+        self._subscribers: dict[str, set[Subscriber]] = {uri: set() for uri in SUBSCRIBABLE}
+        self._warned_no_connection = False
         self._heads: dict[str, int] | None = None  # latest version per document, as last seen
         self._marker: int | None = None
         self._check_lock: anyio.Lock | None = None
@@ -68,10 +69,16 @@ class LiveUpdates:
         Registering the handler is also what makes the server advertise `resources.subscribe` to
         handshake-era clients (2026-era clients are told so because subscriptions/listen is served).
         """
-        lowlevel = server._lowlevel_server  # MCPServer has no public way to add a request handler
+        server.middleware.append(self._after_tool_call)
+        lowlevel = sdk_private.lowlevel_server(server)  # MCPServer cannot add a request handler
+        if lowlevel is None:
+            log.warning(
+                "this version of the MCP SDK hides the low-level server soul-mcp adds resources/subscribe "
+                "to: clients of the handshake era cannot subscribe to documents (2026-07-28 clients can)"
+            )
+            return
         lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, self._subscribe)
         lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
-        server.middleware.append(self._after_tool_call)
 
     # Handshake-era subscriptions ---------------------------------------------------------------
 
@@ -84,23 +91,36 @@ class LiveUpdates:
                 INVALID_PARAMS,
                 f"cannot subscribe to {uri!r}; subscribable resources are: {', '.join(SUBSCRIBABLE)}",
             )
-        connection = _connection(ctx)
-        if not any(connection in subscribed for subscribed in self._subscribers.values()):
+        subscriber = self._subscriber(ctx)
+        exit_stack = getattr(subscriber, "exit_stack", None)
+        if exit_stack is not None and not any(subscriber in s for s in self._subscribers.values()):
             # Forget the connection when it closes, whether or not it unsubscribed.
-            connection.exit_stack.callback(self._drop, connection)
-        self._subscribers[uri].add(connection)
+            exit_stack.callback(self._drop, subscriber)
+        self._subscribers[uri].add(subscriber)
         return EmptyResult()
 
     async def _unsubscribe(
         self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
     ) -> EmptyResult:
         # Unsubscribing from something never subscribed is not an error (the spec asks for none).
-        self._subscribers.get(str(params.uri), set()).discard(_connection(ctx))
+        self._subscribers.get(str(params.uri), set()).discard(self._subscriber(ctx))
         return EmptyResult()
 
-    def _drop(self, connection: Connection) -> None:
+    def _subscriber(self, ctx: ServerRequestContext[Any, Any]) -> Subscriber:
+        connection = sdk_private.connection(ctx)
+        if connection is not None:
+            return connection
+        if not self._warned_no_connection:
+            self._warned_no_connection = True
+            log.warning(
+                "this version of the MCP SDK hides a request's connection: each subscription is kept "
+                "with the request that made it, so unsubscribing and closing cannot end it"
+            )
+        return ctx.session
+
+    def _drop(self, subscriber: Subscriber) -> None:
         for subscribed in self._subscribers.values():
-            subscribed.discard(connection)
+            subscribed.discard(subscriber)
 
     # Noticing changes --------------------------------------------------------------------------
 
@@ -141,11 +161,11 @@ class LiveUpdates:
         """Tell every subscriber of `uri`, in both eras, that it changed."""
         log.debug("announcing a change of %s", uri)
         await self.bus.publish(ResourceUpdated(uri=uri))
-        for connection in list(self._subscribers.get(uri, ())):
+        for subscriber in list(self._subscribers.get(uri, ())):
             # Connection.notify never raises: a closed connection drops the message. The bound
             # keeps one client that stopped reading its pipe from stalling everyone else's news.
             with anyio.move_on_after(5):
-                await connection.send_resource_updated(uri)
+                await subscriber.send_resource_updated(uri)
 
     @asynccontextmanager
     async def watching(self, store: Store) -> AsyncIterator[None]:

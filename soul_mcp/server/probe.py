@@ -8,7 +8,7 @@ check should leave no trace in the client activity that `stats` reports.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from mcp import Client
 
@@ -16,7 +16,19 @@ from soul_mcp.config import Settings
 from soul_mcp.server.app import build_server
 
 
-async def client_view(settings: Settings) -> dict[str, Any]:
+@dataclass
+class ClientView:
+    """The server as a client lists it: names only, in the order the server gives them."""
+
+    server: str | None  # "name version", as the server introduces itself
+    tools: list[str]
+    resources: list[str]
+    resource_templates: list[str]
+    prompts: list[str]
+    wake_up_prompt_chars: int
+
+
+async def client_view(settings: Settings) -> ClientView:
     async with Client(build_server(settings)) as client:
         tools = (await client.list_tools()).tools
         resources = (await client.list_resources()).resources
@@ -25,11 +37,11 @@ async def client_view(settings: Settings) -> dict[str, Any]:
         woken = await client.get_prompt("wake_up", {})
         info = client.server_info
     text = "".join(getattr(m.content, "text", "") for m in woken.messages)
-    return {
-        "server": f"{info.name} {info.version}" if info else None,
-        "tools": [t.name for t in tools],
-        "resources": [str(r.uri) for r in resources],
-        "resource_templates": [t.uri_template for t in templates],
-        "prompts": [p.name for p in prompts],
-        "wake_up_prompt_chars": len(text),
-    }
+    return ClientView(
+        server=f"{info.name} {info.version}" if info else None,
+        tools=[t.name for t in tools],
+        resources=[str(r.uri) for r in resources],
+        resource_templates=[t.uri_template for t in templates],
+        prompts=[p.name for p in prompts],
+        wake_up_prompt_chars=len(text),
+    )

@@ -76,7 +76,7 @@ class SelfHolder:
 
     def _file_look(self) -> object:
         path = Path(self.settings.db_path).expanduser()
-        looks = []
+        looks: list[object] = []
         for part in (path, path.parent):
             try:
                 st = part.stat()

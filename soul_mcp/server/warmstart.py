@@ -35,6 +35,12 @@ will settle on. A missing, stale or corrupt file (ignored, logged at debug level
 like a plain one, during which the SDK's answers are captured and the file is rewritten (a
 temporary file and os.replace, so concurrent starts never leave a torn file).
 
+Where the SDK offers no public call, this reaches into it (server/sdk_private.py: the low-level
+server under MCPServer, to run it on these streams). Should an SDK release move that, the server
+starts as `MCPServer.run()` would (the plain start, without the stdio guard) and logs why; messages
+already read from stdin are handed to it first, through a pipe. Its negotiation constants missing
+only means no new answers are cached.
+
 When the client closes stdin, the SDK ends the session as on a plain start (a request it is still
 handling is answered "Connection closed"); when everything the client asked was answered from the
 cache, the process exits without opening the database. If the server fails to start, the error
@@ -54,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -66,9 +73,10 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import soul_mcp
+from soul_mcp.server import sdk_private
 from soul_mcp.server.stdio_guard import loads_as_the_sdk, screen
 
 if TYPE_CHECKING:
@@ -341,6 +349,11 @@ class _Handshake:
         # A message only the SDK can answer arrived before it was ready: wait for it even after EOF.
         self.needs_server = False
 
+    @property
+    def answered_early(self) -> bool:
+        """Whether an answer came from the cache that the SDK has not yet answered too."""
+        return bool(self._answered)
+
     def set_rule(self, handshake_versions: tuple[str, ...], latest: str) -> None:
         """The negotiation rule of the SDK now loaded, written with any captured answer."""
         with self._lock:
@@ -573,7 +586,7 @@ class _LineSource(io.TextIOBase):
     def readable(self) -> bool:
         return True
 
-    def readline(self, size: int | None = -1) -> str:
+    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]  # text, as TextIOBase reads
         while True:
             if self._kept:
                 line, live = self._kept.popleft(), False
@@ -649,6 +662,11 @@ def _serve_plain(settings: Settings) -> int:
     from soul_mcp.server.app import build_server
 
     server = build_server(settings)
+    missing = _sdk_internals_missing(server)
+    if missing is not None:
+        log.warning("%s; starting without the stdio guard, as MCPServer.run() does", missing)
+        server.run()
+        return 0
     try:
         wire = _Wire()
     except OSError as exc:  # e.g. no stdin at all: let the SDK's own transport deal with it
@@ -690,6 +708,13 @@ def _serve_warm(settings: Settings, wire: _Wire, handshake: _Handshake, started:
         # interpreter would wait for it anyway) and leave without opening the database.
         log.debug("stdin closed before the server was ready; nothing left to answer")
         loader.join()
+        return 0
+    missing = _sdk_internals_missing(server)
+    if missing is not None:
+        log.warning("%s; starting as MCPServer.run() does, without the warm start", missing)
+        if handshake.answered_early:
+            log.warning("the client may see a second answer to its initialize (one came from the cache)")
+        _serve_with_the_sdk_transport(server, wire, kept, inbox, eof)
         return 0
 
     import anyio
@@ -733,7 +758,6 @@ def _load(
     try:
         import anyio  # noqa: F401 - loaded here so that the main thread finds it ready
         import mcp.server.stdio  # noqa: F401
-        from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
         from soul_mcp.server.app import build_server
 
@@ -741,7 +765,15 @@ def _load(
     except BaseException as exc:  # re-raised by the main thread: a failed start exits non-zero
         inbox.put((_FAILED, exc))
         return
-    handshake.set_rule(HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION)
+    try:
+        from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+    except ImportError as exc:  # without the rule nothing is cached; serving is unaffected
+        log.warning(
+            "the SDK's protocol versions are not where soul-mcp looks (%s): the warm-start cache is not written",
+            exc,
+        )
+    else:
+        handshake.set_rule(HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION)
     log.debug("the SDK loaded and the server built, %.3f s after serve began", time.perf_counter() - started)
     inbox.put((_READY, server))
 
@@ -755,11 +787,72 @@ async def _run_server(server: MCPServer[Any], source: _LineSource, sink: _Sink) 
     import anyio
     from mcp.server.stdio import stdio_server
 
-    async with stdio_server(stdin=anyio.wrap_file(source), stdout=anyio.wrap_file(sink)) as (read, write):
-        lowlevel = server._lowlevel_server
+    lowlevel = sdk_private.lowlevel_server(server)
+    assert lowlevel is not None, "checked by _sdk_internals_missing"
+    # Line-oriented text streams, which is all stdio_server uses of a file.
+    stdin, stdout = cast("IO[str]", source), cast("IO[str]", sink)
+    async with stdio_server(stdin=anyio.wrap_file(stdin), stdout=anyio.wrap_file(stdout)) as (read, write):
         try:
             await lowlevel.run(read, write, lowlevel.create_initialization_options())
         finally:
             # If the server stopped on its own (a crash), the SDK's reader may be blocked waiting
             # for a line, and the transport waits for its reader: hand it EOF.
             source.end()
+
+
+def _sdk_internals_missing(server: MCPServer[Any]) -> str | None:
+    """Why _run_server cannot run this server (an SDK release changed what it relies on), or None."""
+    if sdk_private.lowlevel_server(server) is None:
+        return "the MCP SDK no longer has the low-level server the stdio guard runs"
+    try:
+        from mcp.server.stdio import stdio_server
+    except ImportError as exc:
+        return f"the MCP SDK's stdio transport moved ({exc})"
+    try:
+        parameters = inspect.signature(stdio_server).parameters
+    except (TypeError, ValueError) as exc:
+        return f"the MCP SDK's stdio transport cannot be inspected ({exc})"
+    if not {"stdin", "stdout"} <= parameters.keys():
+        return "the MCP SDK's stdio transport no longer takes the streams to serve"
+    return None
+
+
+def _serve_with_the_sdk_transport(
+    server: MCPServer[Any],
+    wire: _Wire,
+    kept: list[bytes],
+    inbox: queue.SimpleQueue[tuple[str, Any]],
+    eof: bool,
+) -> None:
+    """The plain start, after the client's first messages were read: `MCPServer.run()` on fd 0,
+    now a pipe fed those messages and then the rest, and fd 1, the client's stdout again."""
+    read_fd, write_fd = os.pipe()
+    os.dup2(read_fd, 0)
+    os.close(read_fd)
+    os.dup2(wire.stdout_fd, 1)
+    threading.Thread(
+        target=_relay, args=(kept, inbox, eof, write_fd), name="soul-mcp-relay", daemon=True
+    ).start()
+    server.run()
+
+
+def _relay(kept: list[bytes], inbox: queue.SimpleQueue[tuple[str, Any]], eof: bool, fd: int) -> None:
+    """Thread: the client's messages, unchanged, into the SDK's stdin; EOF when the client's ends."""
+    try:
+        for line in kept:
+            _write_all(fd, line)
+        while not eof:
+            kind, line = inbox.get()
+            if kind != _LINE:
+                break
+            _write_all(fd, line)
+    except OSError as exc:  # the server stopped reading
+        log.debug("stopped passing messages to the server: %s", exc)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
