@@ -499,7 +499,7 @@ async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
                 raise RuntimeError(f"{name}({arguments}) failed: {result.content[0].text}")
             return elapsed, result
 
-        # The first text recall loads the server's recall index (storage/recall_index.py) and starts
+        # The first text recall loads the server's recall index (recall/index.py) and starts
         # the thread that fetches the commonest words; timed apart, then given SETTLE_S to finish.
         first_ms, _ = await call("recall", work.first_recall)
         for _, arguments in work.warmup_recalls:

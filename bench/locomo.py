@@ -137,15 +137,15 @@ async def evaluate(path: Path, semantic: bool) -> dict[str, Any]:
         "conversations": len(data),
     }
     if semantic:
+        from soul_mcp.recall import hybrid
         from soul_mcp.semantic.embedders import LocalE5
-        from soul_mcp.storage import sqlite_vectors
 
         report["config"].update(
             embedder=LocalE5.name,
             embedded_text="previous memory in the same context + the memory",
-            fusion=f"(bm25/max)^2 + {sqlite_vectors.DENSE_WEIGHT} * max(0, (cos - mean)/(max - mean))^2, "
+            fusion=f"(bm25/max)^2 + {hybrid.DENSE_WEIGHT} * max(0, (cos - mean)/(max - mean))^2, "
             "then neighbour smoothing",
-            dense_candidates=sqlite_vectors.DENSE_CANDIDATES,
+            dense_candidates=hybrid.DENSE_CANDIDATES,
         )
     return report
 

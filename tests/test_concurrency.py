@@ -144,7 +144,7 @@ async def test_servers_opening_a_new_file_at_the_same_moment_migrate_it_once(tmp
 
 
 async def test_a_server_recalls_what_another_server_just_wrote(db_path: Path) -> None:
-    # Each server ranks from what it keeps in memory (storage/recall_index.py); the other's writes
+    # Each server ranks from what it keeps in memory (recall/index.py); the other's writes
     # must reach it at once: new memories found, forgotten ones gone, restored ones back.
     async def ids(client: Client, query: str) -> list[str]:
         result = await client.call_tool("recall", {"query": query, "limit": 50})

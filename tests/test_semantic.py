@@ -86,7 +86,7 @@ async def recall_ids(client: Client, query: str, **arguments: Any) -> list[str]:
 @pytest.mark.anyio
 async def test_hybrid_recall_finds_a_paraphrase_that_bm25_cannot(db_path: Path, mode: str) -> None:
     # The others are stored in another session: a memory is embedded with the one before it in its
-    # session (sqlite_vectors.window_text), so within one session the memory right after the puppy
+    # session (sqlite_embeddings.window_text), so within one session the memory right after the puppy
     # would carry its meaning too, and may come first (see the next test).
     async with Client(build_server(Settings(db_path=db_path, semantic=LOCAL)), mode=mode) as client:
         await remember_all(client, OTHERS)
@@ -377,14 +377,15 @@ async def test_a_vector_dropped_by_another_process_stops_counting_at_once(
 
     from soul_mcp.core.text import content_key
     from soul_mcp.models import NewMemory
-    from soul_mcp.storage import sqlite_vectors
-    from soul_mcp.storage.base import QueryVector, SearchQuery
+    from soul_mcp.recall import QueryVector, Recall, SearchQuery
+    from soul_mcp.recall import vectors as vector_module
     from soul_mcp.storage.sqlite import SQLiteStore
 
     if threaded:  # as with more than THREAD_ABOVE vectors: the product is split over worker threads
-        monkeypatch.setattr(sqlite_vectors, "THREAD_ABOVE", 0)
+        monkeypatch.setattr(vector_module, "THREAD_ABOVE", 0)
     model = "stub-concepts"
     server, other = await SQLiteStore.open(db_path), await SQLiteStore.open(db_path)
+    recall = Recall(server)
     try:
         ids = []
         for content in [
@@ -409,7 +410,7 @@ async def test_a_vector_dropped_by_another_process_stops_counting_at_once(
         async def found(words: tuple[str, ...]) -> list[str]:
             query = np.array(stub_vector(" ".join(words)), dtype=np.float32)
             vector = QueryVector(model, vector=query / np.linalg.norm(query))
-            hits = await server.search(SearchQuery(terms=words, vector=vector, limit=10))
+            hits = await recall.search(SearchQuery(terms=words, vector=vector, limit=10))
             return [hit.memory.id for hit in hits]
 
         # "dogs" is in no memory: only the vectors find them. The shoe's text held the puppy's words.
@@ -424,12 +425,13 @@ async def test_a_vector_dropped_by_another_process_stops_counting_at_once(
         vectors = np.array([stub_vector(job.text) for job in jobs], dtype=np.float32)
         await other.save_embeddings(model, jobs, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
         assert report in await found(("quarterly",))
-        cache = server._vector_caches[model]  # type: ignore[index]
+        cache = recall.vectors.caches[model]
         (shoe_rowid,) = (
             sqlite3.connect(db_path).execute("SELECT rowid FROM memories WHERE id = ?", (shoe,)).fetchone()
         )
         assert cache.slot(shoe_rowid) is not None
     finally:
+        await recall.close()
         await server.close()
         await other.close()
 
@@ -440,7 +442,7 @@ def test_the_most_similar_are_found_exactly_whatever_the_similarities() -> None:
     (-inf) columns, any size."""
     import numpy as np
 
-    from soul_mcp.storage.sqlite_vectors import most_similar
+    from soul_mcp.recall.vectors import most_similar
 
     rng = np.random.default_rng(7)
     for size in (1, 5, 100, 5_000, 50_000, 120_000):
@@ -493,14 +495,14 @@ async def test_the_indexer_embeds_in_the_gaps_between_requests(
     most."""
     from soul_mcp.core.text import content_key
     from soul_mcp.models import NewMemory
-    from soul_mcp.semantic import search
+    from soul_mcp.semantic import indexer
     from soul_mcp.storage.sqlite import SQLiteStore
 
-    monkeypatch.setattr(search, "QUIET_S", 0.5)
-    monkeypatch.setattr(search, "MAX_DEFER_S", 60.0 if requests_stop else 2.5)
+    monkeypatch.setattr(indexer, "QUIET_S", 0.5)
+    monkeypatch.setattr(indexer, "MAX_DEFER_S", 60.0 if requests_stop else 2.5)
     store = await SQLiteStore.open(db_path)
     model = StubModel()
-    semantic = search.SemanticSearch(lambda background: model, partial(SQLiteStore.open, db_path))
+    semantic = indexer.SemanticIndexer(lambda background: model, partial(SQLiteStore.open, db_path))
     try:
         await store.add_memory(
             NewMemory(
@@ -540,14 +542,14 @@ async def test_a_filter_finds_the_most_similar_among_the_memories_that_pass_it(
 
     from soul_mcp.core.text import content_key
     from soul_mcp.models import NewMemory
-    from soul_mcp.storage import sqlite_vectors
-    from soul_mcp.storage.base import QueryVector, SearchQuery
+    from soul_mcp.recall import QueryVector, Recall, SearchQuery, hybrid
     from soul_mcp.storage.sqlite import SQLiteStore
 
     # Gathered: only the tagged memory's vector is multiplied; otherwise all are, then set aside.
-    monkeypatch.setattr(sqlite_vectors, "GATHER_MAX", 500 if gather else 0)
+    monkeypatch.setattr(hybrid, "GATHER_MAX", 500 if gather else 0)
     model = StubModel()
     store = await SQLiteStore.open(db_path, synchronous="OFF")
+    recall = Recall(store)
     try:
 
         async def add(content: str, tags: list[str], session: str) -> str:
@@ -572,16 +574,17 @@ async def test_a_filter_finds_the_most_similar_among_the_memories_that_pass_it(
         await store.save_embeddings(model.name, jobs, model.embed_passages([job.text for job in jobs]))
 
         query = model.embed_queries(["dogs"])[0]  # no memory holds the word: only vectors find them
-        hits = await store.search(
+        hits = await recall.search(
             SearchQuery(terms=("dogs",), tags=("pets",), vector=QueryVector(model.name, vector=query))
         )
         assert [hit.memory.id for hit in hits] == [tagged]  # the other two: less similar than most
-        unfiltered = await store.search(
+        unfiltered = await recall.search(
             SearchQuery(terms=("dogs",), vector=QueryVector(model.name, vector=query))
         )
         assert tagged not in {hit.memory.id for hit in unfiltered} and len(unfiltered) == 10
         assert np.isfinite([hit.score for hit in hits + unfiltered]).all()
     finally:
+        await recall.close()
         await store.close()
 
 
@@ -594,11 +597,11 @@ async def test_the_mean_similarity_is_that_of_the_vectors_held(
     comes from their running sum, which must leave out dropped vectors and follow every change."""
     import numpy as np
 
-    from soul_mcp.storage import sqlite_vectors
-    from soul_mcp.storage.sqlite_vectors import VectorCache
+    from soul_mcp.recall import vectors as vector_module
+    from soul_mcp.recall.vectors import VectorCache
 
     if not half:  # as without the semantic extra's simsimd
-        monkeypatch.setattr(sqlite_vectors, "simsimd_module", lambda: None)
+        monkeypatch.setattr(vector_module, "simsimd_module", lambda: None)
     rng = np.random.default_rng(3)
     cache = VectorCache("stub")
     assert cache.dtype == (np.float16 if half else np.float32)
@@ -638,12 +641,12 @@ async def test_every_vector_is_compared_with_the_query(
     all rows (split over threads or not) and for a gathered few."""
     import numpy as np
 
-    from soul_mcp.storage import sqlite_vectors
-    from soul_mcp.storage.sqlite_vectors import VectorCache
+    from soul_mcp.recall import vectors as vector_module
+    from soul_mcp.recall.vectors import VectorCache
 
     if not half:
-        monkeypatch.setattr(sqlite_vectors, "simsimd_module", lambda: None)
-    monkeypatch.setattr(sqlite_vectors, "THREAD_ABOVE", 100 if threaded else 10**9)
+        monkeypatch.setattr(vector_module, "simsimd_module", lambda: None)
+    monkeypatch.setattr(vector_module, "THREAD_ABOVE", 100 if threaded else 10**9)
     rng = np.random.default_rng(11)
     vectors = rng.standard_normal((3001, 384))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -675,11 +678,11 @@ def test_numpy_blas_stays_on_the_calling_thread_once_vectors_are_held() -> None:
     several times over; holding vectors limits BLAS to one thread (the product splits itself)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from soul_mcp.storage import sqlite_vectors
+    from soul_mcp.recall import vectors
 
     threadpool_limits(2, user_api="blas")  # as numpy starts on a machine with 2 cores or more
-    sqlite_vectors.blas_on_one_thread.cache_clear()  # once per process: this one may have held some
-    sqlite_vectors.VectorCache("stub")
+    vectors.blas_on_one_thread.cache_clear()  # once per process: this one may have held some
+    vectors.VectorCache("stub")
     blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert blas, "numpy's BLAS was not found"
     assert all(pool["num_threads"] == 1 for pool in blas)

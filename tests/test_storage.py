@@ -18,8 +18,8 @@ import pytest
 from soul_mcp.core.text import content_key
 from soul_mcp.errors import InvalidInput, StorageError
 from soul_mcp.models import NewMemory
-from soul_mcp.storage.base import SearchQuery
-from soul_mcp.storage.recall_index import idf
+from soul_mcp.recall import Recall, SearchQuery
+from soul_mcp.recall.bm25 import idf
 from soul_mcp.storage.schema import SCHEMA_VERSION
 from soul_mcp.storage.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
 
@@ -104,11 +104,13 @@ async def test_opening_twice_is_idempotent_and_keeps_the_data(db_path: Path) -> 
     await second.close()
     await first.close()
     third = await SQLiteStore.open(db_path)
+    recall = Recall(third)
     try:
         assert await third.get_memory(memory.id) == memory
         assert (await third.get_version("soul")).content == "soul v1"  # type: ignore[union-attr]
-        assert [h.memory.id for h in await third.search(SearchQuery(terms=("kept",)))] == [memory.id]
+        assert [h.memory.id for h in await recall.search(SearchQuery(terms=("kept",)))] == [memory.id]
     finally:
+        await recall.close()
         await third.close()
     assert user_version(db_path) == SCHEMA_VERSION
     assert query(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
@@ -312,8 +314,8 @@ async def test_integrity_check_is_ok_after_every_kind_of_change(store: SQLiteSto
 
 # Recall's in-memory index ------------------------------------------------------------------------
 #
-# Recall ranks in memory (storage/recall_index.py): each word's part of the bm25 score is fetched
-# from FTS5 once and kept, and the change log keeps it true while this store or another connection
+# Recall ranks in memory (recall/index.py over storage/sqlite_recall.py): each word's part of the
+# bm25 score is fetched from FTS5 once and kept, and the change log keeps it true while this store or another connection
 # writes. The ranking must be that of one plain MATCH of all the words, computed here in SQL. Every
 # memory has its own session, so that no neighbour lends it a score.
 
@@ -361,6 +363,16 @@ async def scale_store(db_path: Path) -> AsyncIterator[SQLiteStore]:
         await opened.close()
 
 
+@pytest.fixture
+async def recall(scale_store: SQLiteStore) -> AsyncIterator[Recall]:
+    """The recall engine over scale_store; it keeps what it ranks in memory."""
+    engine = Recall(scale_store)
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
 def plain_ranking(
     db: Path, terms: list[str], where: str = "", params: tuple[object, ...] = ()
 ) -> list[tuple[str, float]]:
@@ -383,9 +395,9 @@ def top(ranking: list[tuple[str, float]], k: int) -> list[tuple[float, str]]:
 
 
 async def recalled(
-    store: SQLiteStore, terms: list[str], limit: int, **filters: object
+    recall: Recall, terms: list[str], limit: int, **filters: object
 ) -> list[tuple[str, float]]:
-    hits = await store.search(SearchQuery(terms=tuple(terms), limit=limit, **filters))  # type: ignore[arg-type]
+    hits = await recall.search(SearchQuery(terms=tuple(terms), limit=limit, **filters))  # type: ignore[arg-type]
     return [(hit.memory.id, hit.score) for hit in hits]
 
 
@@ -419,9 +431,9 @@ def same_ranking(got: list[tuple[str, float]], expected: list[tuple[str, float]]
 
 @pytest.mark.parametrize("terms", QUERIES, ids=["-".join(q) for q in QUERIES])
 async def test_the_ranking_is_that_of_one_plain_match(
-    scale_store: SQLiteStore, db_path: Path, terms: list[str]
+    recall: Recall, db_path: Path, terms: list[str]
 ) -> None:
-    same_ranking(await recalled(scale_store, terms, limit=500), plain_ranking(db_path, terms))
+    same_ranking(await recalled(recall, terms, limit=500), plain_ranking(db_path, terms))
 
 
 FILTERS: list[tuple[dict[str, object], str, tuple[object, ...]]] = [
@@ -447,50 +459,46 @@ FILTERS: list[tuple[dict[str, object], str, tuple[object, ...]]] = [
     "filters,where,params", FILTERS, ids=["tag", "two-tags", "since", "range", "kind", "absent-kind"]
 )
 async def test_filtered_rankings_are_those_of_one_plain_match(
-    scale_store: SQLiteStore, db_path: Path,
+    recall: Recall, db_path: Path,
     filters: dict[str, object], where: str, params: tuple[object, ...],
 ) -> None:  # fmt: skip
     for terms in QUERIES:
         expected = plain_ranking(db_path, terms, where, params)
-        got = await recalled(scale_store, terms, limit=500, **filters)
+        got = await recalled(recall, terms, limit=500, **filters)
         if filters.get("kind") == "lesson":
             assert got == expected == []
         else:
             same_ranking(got, expected)
 
 
-async def test_pages_split_one_ranking(scale_store: SQLiteStore) -> None:
+async def test_pages_split_one_ranking(recall: Recall) -> None:
     terms = ["violet", "budget", "travel", "project"]
-    whole = await recalled(scale_store, terms, limit=60)
+    whole = await recalled(recall, terms, limit=60)
     pages = []
     for offset in range(0, 60, 6):
-        hits = await scale_store.search(SearchQuery(terms=tuple(terms), offset=offset, limit=6))
+        hits = await recall.search(SearchQuery(terms=tuple(terms), offset=offset, limit=6))
         pages += [(hit.memory.id, hit.score) for hit in hits]
     assert pages == whole and len(whole) == 60
 
 
-async def test_the_commonest_words_are_fetched_ahead_in_a_thread(
-    scale_store: SQLiteStore, db_path: Path
-) -> None:
-    from soul_mcp.storage.recall_index import PREFILL_MIN
+async def test_the_commonest_words_are_fetched_ahead_in_a_thread(recall: Recall, db_path: Path) -> None:
+    from soul_mcp.recall.prefill import PREFILL_MIN
 
     common = [w for w, share in SHARES.items() if share * 400 > 2 * PREFILL_MIN]
     assert common, "no word is common enough for the test to prove anything"
-    await recalled(scale_store, ["zebra"], limit=5)  # loads the index, which starts the thread
-    index = scale_store._index
-    assert index is not None and index._prefill is not None
+    await recalled(recall, ["zebra"], limit=5)  # loads the index, which starts the thread
+    index = recall.index
+    assert index._prefill is not None
     index._prefill.join(30)
-    await recalled(scale_store, ["zebra"], limit=5)  # adopts what the thread fetched
+    await recalled(recall, ["zebra"], limit=5)  # adopts what the thread fetched
     assert set(index.tokens.keys(common)) <= index.words.keys()
     assert "meet" in index.tokens.keys(common)  # kept by token: "meeting" and "meetings" are one
     # What the thread fetched ranks as a plain MATCH does.
     for terms in QUERIES:
-        same_ranking(await recalled(scale_store, terms, limit=500), plain_ranking(db_path, terms))
+        same_ranking(await recalled(recall, terms, limit=500), plain_ranking(db_path, terms))
 
 
-async def test_writes_of_another_connection_reach_the_ranking(
-    scale_store: SQLiteStore, db_path: Path
-) -> None:
+async def test_writes_of_another_connection_reach_the_ranking(recall: Recall, db_path: Path) -> None:
     # Another store on the same file stands for another server process.
     other = await SQLiteStore.open(db_path, synchronous="OFF")
     terms = ["project", "meeting", "zebra"]
@@ -501,10 +509,10 @@ async def test_writes_of_another_connection_reach_the_ranking(
 
     async def check(where: str = "") -> None:
         expected = plain_ranking(db_path, terms, where)
-        same_ranking(await recalled(scale_store, terms, limit=500), expected, near)
+        same_ranking(await recalled(recall, terms, limit=500), expected, near)
         for filters, condition in [({"tags": ("home",)}, FILTERS[0][1]), ({"kind": "event"}, FILTERS[4][1])]:
             expected = plain_ranking(db_path, terms, f"{where} {condition}")
-            same_ranking(await recalled(scale_store, terms, limit=500, **filters), expected, near)
+            same_ranking(await recalled(recall, terms, limit=500, **filters), expected, near)
 
     try:
         await check()  # the words are now kept
@@ -519,13 +527,11 @@ async def test_writes_of_another_connection_reach_the_ranking(
         for memory_id in zebra[:5]:
             await other.set_memory_status(memory_id, "forgotten", "gone", NOW, expect=("active",))
         await check()
-        assert not {i for i, _ in await recalled(scale_store, terms, limit=500)} & set(zebra[:5])
+        assert not {i for i, _ in await recalled(recall, terms, limit=500)} & set(zebra[:5])
         # Restored there: back in the ranking, with every word it holds.
         await other.set_memory_status(zebra[0], "active", None, NOW, expect=("forgotten",))
         await check()
-        assert zebra[0] in {
-            i for i, _ in await recalled(scale_store, ["meeting", "project", "zebra"], limit=500)
-        }
+        assert zebra[0] in {i for i, _ in await recalled(recall, ["meeting", "project", "zebra"], limit=500)}
         # The newest memory purged and its rowid given to a new memory with other words.
         (newest,) = query(db_path, "SELECT id FROM memories ORDER BY rowid DESC LIMIT 1")[0]
         await other.set_memory_status(str(newest), "forgotten", "gone", NOW, expect=("active",))
@@ -535,9 +541,9 @@ async def test_writes_of_another_connection_reach_the_ranking(
             db_path, "SELECT max(rowid) FROM memories"
         )
         await check()
-        found = dict(await recalled(scale_store, ["zebra"], limit=500))
+        found = dict(await recalled(recall, ["zebra"], limit=500))
         assert reused.id in found and newest not in found
-        assert reused.id not in {i for i, _ in await recalled(scale_store, ["meeting"], limit=500)}
+        assert reused.id not in {i for i, _ in await recalled(recall, ["meeting"], limit=500)}
         # Enough new memories that the kept scores are fetched again: exact once more.
         for n in range(20):
             await other.add_memory(new(f"filler{n} garden travel{n}", session=f"filler{n}"), NOW)
@@ -548,31 +554,31 @@ async def test_writes_of_another_connection_reach_the_ranking(
 
 
 async def test_many_changes_at_once_are_read_whole(
-    scale_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    recall: Recall, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from soul_mcp.storage import recall_index
+    from soul_mcp.recall import index
 
     terms = ["zebra", "garden", "imported"]
-    same_ranking(await recalled(scale_store, terms, limit=500), plain_ranking(db_path, terms))
+    same_ranking(await recalled(recall, terms, limit=500), plain_ranking(db_path, terms))
     # Another process imports a batch larger than RELOAD_ABOVE: the columns are read again whole.
-    monkeypatch.setattr(recall_index, "RELOAD_ABOVE", 5)
+    monkeypatch.setattr(index, "RELOAD_ABOVE", 5)
     other = await SQLiteStore.open(db_path, synchronous="OFF")
     try:
         for n in range(12):
             await other.add_memory(new(f"imported zebra note {n}", session=f"import{n}"), NOW)
     finally:
         await other.close()
-    epoch = scale_store._index.epoch  # type: ignore[union-attr]
-    same_ranking(await recalled(scale_store, terms, limit=500), plain_ranking(db_path, terms))
-    assert scale_store._index.epoch > epoch  # type: ignore[union-attr]
+    epoch = recall.index.epoch
+    same_ranking(await recalled(recall, terms, limit=500), plain_ranking(db_path, terms))
+    assert recall.index.epoch > epoch
 
 
 async def test_the_recall_index_tokenizes_words_as_the_full_text_index_does(
     store: SQLiteStore, db_path: Path
 ) -> None:
-    # Kept words are keyed by the token FTS5 makes of them (recall_index.Tokens): the two tokenizers
+    # Kept words are keyed by the token FTS5 makes of them (sqlite_recall.Tokens): the two tokenizers
     # must be the same, or a kept word would never be found again.
-    from soul_mcp.storage.recall_index import TOKENIZE, Tokens
+    from soul_mcp.storage.sqlite_recall import TOKENIZE, Tokens
 
     (definition,) = query(db_path, "SELECT sql FROM sqlite_master WHERE name = 'memories_fts'")[0]
     assert f"tokenize = '{TOKENIZE}'" in str(definition)

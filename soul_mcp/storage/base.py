@@ -1,18 +1,16 @@
 """The interface every storage backend implements.
 
 It is deliberately narrow: the domain (`soul_mcp.core`) validates and normalises everything before
-it reaches a store, and a store only keeps, finds and changes records atomically. A PostgreSQL
-store would implement the same methods; the tools and the CLI would not change.
+it reaches a store, and a store only keeps, finds and changes records atomically. What recall ranks
+it hands to the recall engine (soul_mcp.recall) as a `RecallSource`; it ranks nothing itself. A
+PostgreSQL store would implement the same methods; the tools and the CLI would not change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
-
-import anyio
+from typing import Any, Protocol, runtime_checkable
 
 from soul_mcp.models import (
     Backup,
@@ -24,62 +22,12 @@ from soul_mcp.models import (
     StoreDiagnosis,
     TokenInfo,
 )
-
-# A text search ranks at most this many matches (plus their context neighbours); pages end there.
-RANKED_MAX = 500
+from soul_mcp.recall.source import RecallSource
 
 
-class QueryVector:
-    """The query embedded by `model`, computed when a store first asks for it: a store that holds
-    embeddings by that model fuses similarity to it with BM25 (hybrid recall).
+class Store(RecallSource, Protocol):
+    """Records kept atomically; and, as a RecallSource, what the recall engine ranks from."""
 
-    Lazily, and so after the store's full-text part rather than beside it: the embedding model runs
-    on every core, and on a 2-core machine the full-text work beside it slowed a query's embedding
-    from 17.5 to 26.5 ms at p95 (bench/README.md). A store with no embeddings by the model never
-    asks, and the query is not embedded at all.
-
-    The vector is a unit-length float32 numpy array (typed loosely: numpy comes with the optional
-    `semantic` extra); None when it could not be computed, and recall uses BM25 alone.
-    """
-
-    def __init__(self, model: str, compute: Callable[[], Awaitable[Any]] | None = None, vector: Any = None):
-        self.model = model
-        self._compute = compute
-        self._vector = vector
-        self._lock = anyio.Lock()
-
-    async def get(self) -> Any:
-        async with self._lock:  # two tasks asking at once get one computation
-            if self._compute is not None:
-                compute, self._compute = self._compute, None
-                self._vector = await compute()
-        return self._vector
-
-
-@dataclass(frozen=True)
-class SearchQuery:
-    """What recall asks a store for. `terms` empty means: list by `order` without text matching."""
-
-    terms: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()  # a memory must carry every one of them
-    kind: str | None = None
-    since: str | None = None  # inclusive, UTC ISO string comparable as text
-    until: str | None = None  # exclusive
-    order: Literal["relevance", "recent", "importance"] = "relevance"
-    offset: int = 0
-    limit: int = 10
-    exclude_ids: tuple[str, ...] = field(default=())
-    vector: QueryVector | None = None  # with terms: hybrid recall when the store has such embeddings
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    memory: Memory
-    score: float  # higher is better; 0 when listing by time
-    context_of: str | None = None  # set when it is here as the neighbour of a memory that matched
-
-
-class Store(Protocol):
     # Why this process can only read (e.g. "the folder /x is not writable"); None when it can write.
     read_only: str | None
 
@@ -126,10 +74,6 @@ class Store(Protocol):
 
     async def purge_memory(self, memory_id: str) -> None:
         """Delete a forgotten memory for good; raises unless it is forgotten."""
-        ...
-
-    async def search(self, query: SearchQuery) -> list[SearchHit]:
-        """Active memories matching the query, best first."""
         ...
 
     # Sessions and counts.
@@ -202,9 +146,6 @@ class Store(Protocol):
         ...
 
 
-# Embeddings (hybrid recall) --------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class EmbeddingJob:
     """A memory to embed: the text to embed (the memory with its context) and that text's hash."""
@@ -223,6 +164,8 @@ class EmbeddingStore(Protocol):
     through BM25 alone. The store decides which text stands for a memory (`EmbeddingJob.text`);
     the domain embeds it and hands the vectors back.
     """
+
+    async def close(self) -> None: ...
 
     async def pending_embeddings(
         self, model: str, limit: int, above: int = 0

@@ -102,7 +102,7 @@ MIGRATIONS: list[str] = [
     """,
     # 3: embeddings for hybrid recall (the optional `semantic` extra, or an embeddings endpoint).
     # Created whatever is installed, so one file moves between installs; without an embedder it
-    # stays empty. Each row embeds a memory with its context (see storage/sqlite_vectors.py); a row
+    # stays empty. Each row embeds a memory with its context (see storage/sqlite_embeddings.py); a row
     # is kept per model, so switching models never mixes vectors of different spaces.
     # `id` only grows (AUTOINCREMENT never reuses one), so a process holding the vectors in memory
     # loads just the rows above the last id it saw.
@@ -132,7 +132,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX memories_when_kind ON memories (rowid, occurred_at, kind);
     """,
     # 5: a log of the memories whose place in recall may have changed: stored, forgotten, restored,
-    # superseded or purged. Each process keeps what recall ranks in memory (storage/recall_index.py)
+    # superseded or purged. Each process keeps what recall ranks in memory (recall/index.py)
     # and reads only the entries above the last sequence number it applied. AUTOINCREMENT: a
     # sequence number is never given twice, even if the log is ever trimmed.
     """

@@ -39,57 +39,21 @@ from soul_mcp.models import (
     StoreDiagnosis,
     TokenInfo,
 )
-from soul_mcp.storage.base import RANKED_MAX, SearchHit, SearchQuery
-from soul_mcp.storage.recall_index import RecallIndex
 from soul_mcp.storage.schema import MIGRATIONS, SCHEMA_VERSION, split_statements
-from soul_mcp.storage.sqlite_vectors import SQLiteVectors
+from soul_mcp.storage.sqlite_embeddings import SQLiteEmbeddings
+from soul_mcp.storage.sqlite_recall import SQLiteRecall
+from soul_mcp.storage.sqlite_rows import MEMORY_COLUMNS, memory_filters, memory_from_row
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 
-# Recall ranks the best CANDIDATES full-text matches, then lets each share NEIGHBOUR_WEIGHT of its
-# score with the memories stored just before and after it by the same author, in the same session,
-# about the same day: a question and its answer, a decision and its reason are stored side by side,
-# and often only one of them holds the words of the query. Measured on LoCoMo (bench/locomo.py):
-# recall@10 0.70 -> 0.79.
-# The ranking is computed over the same CANDIDATES whatever page is asked for, so that pages never
-# overlap; paging ends there (recall says so), and a narrower query or a filter reaches the rest.
-CANDIDATES = RANKED_MAX
-NEIGHBOUR_WEIGHT = 0.5
-# Only the best matches can lift a neighbour into a page, so only theirs are looked up.
-LENDERS = 50
 MONTHS = ("January February March April May June July August September October November December").split()
 WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
-
-MEMORY_COLUMNS = (
-    "m.id, m.content, m.kind, m.tags, m.importance, m.occurred_at, m.created_at, m.author, m.status, "
-    "m.status_reason, m.status_changed_at, m.supersedes, m.superseded_by"
-)
 
 
 def new_memory_id() -> str:
     return "m_" + secrets.token_hex(6)
-
-
-def _memory(row: sqlite3.Row | tuple[Any, ...]) -> Memory:
-    (id_, content, kind, tags, importance, occurred_at, created_at, author, status,
-     status_reason, status_changed_at, supersedes, superseded_by) = tuple(row)[:13]  # fmt: skip
-    return Memory(
-        id=id_,
-        content=content,
-        kind=kind,
-        tags=json.loads(tags),
-        importance=importance,
-        occurred_at=occurred_at,
-        created_at=created_at,
-        author=author,
-        status=status,
-        status_reason=status_reason,
-        status_changed_at=status_changed_at,
-        supersedes=supersedes,
-        superseded_by=superseded_by,
-    )
 
 
 def about_text(kind: str, occurred_at: str) -> str:
@@ -128,12 +92,8 @@ def _token(row: tuple[Any, ...]) -> TokenInfo:
     )
 
 
-class SQLiteStore(SQLiteVectors):
+class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
     """A `Store` over one SQLite file. Open with `await SQLiteStore.open(path)`."""
-
-    # How many matches a text search ranks; per store, so that a test can page past it on a small
-    # database.
-    candidates: int = CANDIDATES
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self.path = path
@@ -143,8 +103,6 @@ class SQLiteStore(SQLiteVectors):
         self._read_lock = anyio.Lock()
         # The schema version the file had when this process migrated it (None: already current).
         self.migrated_from: int | None = None
-        # What full-text recall ranks, loaded at the first text search (see recall_index.py).
-        self._index: RecallIndex | None = None
         # Why this process cannot write to the file (None: it can), as read_only_reason says.
         self.read_only: str | None = None
         # What the connections opened: the path, or a read-only URI.
@@ -189,8 +147,6 @@ class SQLiteStore(SQLiteVectors):
         return store
 
     async def close(self) -> None:
-        if self._index is not None:
-            await anyio.to_thread.run_sync(self._index.stop_prefill)
         await self._reader.close()
         await self._writer.close()
 
@@ -328,7 +284,7 @@ class SQLiteStore(SQLiteVectors):
             (content_key,),
         )
         row = await cursor.fetchone()
-        return _memory(row) if row else None
+        return memory_from_row(row) if row else None
 
     async def add_memory(self, new: NewMemory, created_at: str) -> tuple[Memory, bool]:
         async with self._transaction() as db:
@@ -339,14 +295,14 @@ class SQLiteStore(SQLiteVectors):
 
     async def get_memory(self, memory_id: str) -> Memory | None:
         row = await self._fetchone(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = ?", (memory_id,))
-        return _memory(row) if row else None
+        return memory_from_row(row) if row else None
 
     async def _require(self, db: aiosqlite.Connection, memory_id: str) -> Memory:
         cursor = await db.execute(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = ?", (memory_id,))
         row = await cursor.fetchone()
         if row is None:
             raise NotFound(f"no memory has the id {memory_id!r}; ids look like 'm_1a2b3c4d5e6f' (see recall)")
-        return _memory(row)
+        return memory_from_row(row)
 
     async def set_memory_status(
         self, memory_id: str, status: str, reason: str | None, changed_at: str, expect: tuple[str, ...]
@@ -411,93 +367,6 @@ class SQLiteStore(SQLiteVectors):
                 )
             await db.execute("UPDATE memories SET superseded_by = NULL WHERE superseded_by = ?", (memory_id,))
             await db.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
-
-    async def search(self, query: SearchQuery) -> list[SearchHit]:
-        if query.terms:
-            return await self._search_text(query)
-        where, params = _memory_filters(
-            ("active",), query.kind, query.tags, query.since, query.until, query.exclude_ids
-        )
-        order = {
-            "importance": "m.importance DESC, m.occurred_at DESC, m.rowid DESC",
-        }.get(query.order, "m.occurred_at DESC, m.rowid DESC")
-        rows = await self._fetchall(
-            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {' AND '.join(where)} "
-            f"ORDER BY {order} LIMIT ? OFFSET ?",
-            [*params, query.limit, query.offset],
-        )
-        return [SearchHit(_memory(row), 0.0) for row in rows]
-
-    async def _search_text(self, query: SearchQuery) -> list[SearchHit]:
-        # 1. The best full-text matches, the same pool of `candidates` whatever page is asked for.
-        index = self._recall_index()
-        async with index.lock:
-            await index.refresh(self._fetchall)
-            words = await index.postings(self._fetchall, query.terms)
-            filters = await self._index_filters(index, query)
-            rowids, scores = index.rank(words, self.candidates, **filters)
-            if query.vector is None:
-                # 2. Their neighbours in storage order, when stored in the same context.
-                ranked, totals, lenders = index.with_neighbours(
-                    rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
-                )
-        # Once the first text search has ranked (not before: the thread would slow it down), the
-        # commonest words are fetched ahead; not from a file only readable as immutable, which the
-        # prefill's own connection would fail to open.
-        if "immutable=1" not in self._source:
-            index.start_prefill(self.path)
-        if query.vector is not None:  # hybrid recall (sqlite_vectors.py), when there are embeddings
-            hybrid = await self._search_hybrid(query, index, rowids, scores, filters)
-            if hybrid is not None:
-                return hybrid
-            async with index.lock:
-                ranked, totals, lenders = index.with_neighbours(
-                    rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
-                )
-        page = slice(query.offset, query.offset + query.limit)
-        return await self._hits(ranked[page].tolist(), totals[page].tolist(), lenders[page].tolist())
-
-    async def _hits(self, shown: list[int], scores: list[float], lenders: list[int]) -> list[SearchHit]:
-        """The page of a ranking: the memories at `shown` rowids with their `scores`, and for each
-        the rowid of the neighbour that lent it the most (0 for none), whose id goes in context_of."""
-        if not shown:
-            return []
-        score_of = dict(zip(shown, scores, strict=True))
-        lent_by = {r: lent for r, lent in zip(shown, lenders, strict=True) if lent}
-        needed = shown + list(lent_by.values())
-        rows = await self._fetchall(
-            f"SELECT m.rowid, {MEMORY_COLUMNS} FROM memories m WHERE m.rowid IN ({', '.join('?' * len(needed))})",
-            needed,
-        )
-        memories = {row[0]: _memory(row[1:]) for row in rows}
-        return [
-            SearchHit(
-                memories[r], score_of[r], memories[lent_by[r]].id if lent_by.get(r) in memories else None
-            )
-            for r in shown
-            if r in memories  # a memory purged since the index was read is left out
-        ]
-
-    async def _index_filters(self, index: RecallIndex, query: SearchQuery) -> dict[str, Any]:
-        """The query's filters in the form RecallIndex.keep takes them."""
-        import numpy as np
-
-        filters: dict[str, Any] = {"since": query.since, "until": query.until, "kind": query.kind}
-        if query.tags:
-            filters["within"] = await index.tagged(self._fetchall, query.tags)
-        if query.exclude_ids:
-            rows = await self._fetchall(
-                f"SELECT rowid FROM memories WHERE id IN ({', '.join('?' * len(query.exclude_ids))}) "
-                "ORDER BY rowid",
-                list(query.exclude_ids),
-            )
-            filters["without"] = np.array([r for (r,) in rows], dtype=np.int64)
-        return filters
-
-    def _recall_index(self) -> RecallIndex:
-        if self._index is None:
-            self._index = RecallIndex()
-        return self._index
 
     # Sessions and counts -----------------------------------------------------------------------
 
@@ -666,7 +535,7 @@ class SQLiteStore(SQLiteVectors):
         offset: int,
         limit: int,
     ) -> tuple[list[Memory], int]:
-        where, params = _memory_filters(statuses, kind, tags, since, until)
+        where, params = memory_filters(statuses, kind, tags, since, until)
         condition = " AND ".join(where)
         rows = await self._fetchall(
             f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {condition} "
@@ -674,7 +543,7 @@ class SQLiteStore(SQLiteVectors):
             [*params, limit, offset],
         )
         (total,) = await self._fetchone(f"SELECT count(*) FROM memories m WHERE {condition}", params) or (0,)
-        return [_memory(row) for row in rows], total
+        return [memory_from_row(row) for row in rows], total
 
     async def diagnose(self) -> StoreDiagnosis:
         integrity = [str(row[0]) for row in await self._fetchall("PRAGMA integrity_check")]
@@ -744,40 +613,6 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _memory_filters(
-    statuses: tuple[str, ...],
-    kind: str | None,
-    tags: tuple[str, ...],
-    since: str | None,
-    until: str | None,
-    exclude_ids: tuple[str, ...] = (),
-) -> tuple[list[str], list[Any]]:
-    """SQL conditions on `m` (the memories table) for listings by time: in one of `statuses`, of
-    `kind`, carrying every one of `tags`, occurred in [since, until), none of `exclude_ids`. (Text
-    search filters in the recall index instead.)"""
-    where = [f"m.status IN ({', '.join('?' * len(statuses))})"]
-    params: list[Any] = list(statuses)
-    if kind:
-        where.append("m.kind = ?")
-        params.append(kind)
-    if since:
-        where.append("m.occurred_at >= ?")
-        params.append(since)
-    if until:
-        where.append("m.occurred_at < ?")
-        params.append(until)
-    if tags:
-        where.append(
-            f"m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({', '.join('?' * len(tags))}) "
-            "GROUP BY memory_rowid HAVING count(*) = ?)"
-        )
-        params += [*tags, len(tags)]
-    if exclude_ids:
-        where.append(f"m.id NOT IN ({', '.join('?' * len(exclude_ids))})")
-        params += exclude_ids
-    return where, params
-
-
 async def _connect(target: str, path: Path, synchronous: str, read_only: bool) -> aiosqlite.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves instead of Python's implicit transactions.
     db = await aiosqlite.connect(target, isolation_level=None, uri=read_only)
@@ -839,10 +674,14 @@ async def _migrate(db: aiosqlite.Connection) -> int:
     return current
 
 
-# SQLite's primary result codes (the low byte of an extended code).
-_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-_NO_ACCESS = (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH)
+# SQLite's primary result codes (the low byte of an extended code; https://sqlite.org/rescode.html).
+# Spelled out: Python's sqlite3 names them only from 3.11, and errors carry them only from 3.11
+# (on 3.10 every failure gets the general message).
+SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR = 3, 5, 6, 8, 10
+SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_AUTH, SQLITE_NOTADB = 11, 13, 14, 23, 26
+_BUSY = (SQLITE_BUSY, SQLITE_LOCKED)
+_DAMAGED = (SQLITE_CORRUPT, SQLITE_NOTADB)
+_NO_ACCESS = (SQLITE_CANTOPEN, SQLITE_PERM, SQLITE_AUTH)
 
 
 def storage_error(
@@ -865,9 +704,9 @@ def storage_error(
             f"the database is busy: another process held its lock for over {BUSY_TIMEOUT_MS // 1000} s "
             f"({exc}); try again"
         )
-    elif code == sqlite3.SQLITE_FULL:
+    elif code == SQLITE_FULL:
         text = f"the disk holding {path} is full: free some space, then try again"
-    elif code == sqlite3.SQLITE_READONLY:
+    elif code == SQLITE_READONLY:
         reason = read_only or read_only_reason(path) or f"the database file {path} is read-only"
         text = (
             f"the database is read-only here ({reason}): soul-mcp can read it but not change it; "
@@ -875,7 +714,7 @@ def storage_error(
         )
     elif code in _DAMAGED:
         text = f"{it} is damaged ({exc}): {doctor}; restore from a backup if it fails"
-    elif code == sqlite3.SQLITE_IOERR:
+    elif code == SQLITE_IOERR:
         name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
         text = f"reading or writing {path} failed ({exc}, {name}): check the disk, then {doctor}"
     elif code in _NO_ACCESS:
@@ -927,7 +766,7 @@ def _code(exc: sqlite3.Error) -> int:
 
 
 def _is_read_only_failure(exc: sqlite3.Error) -> bool:
-    return _code(exc) in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+    return _code(exc) in (SQLITE_READONLY, SQLITE_CANTOPEN)
 
 
 def _read_only_uri(path: Path) -> str:

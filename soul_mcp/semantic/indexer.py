@@ -1,4 +1,4 @@
-"""SemanticSearch: the query side of hybrid recall, and the indexer that embeds memories.
+"""SemanticIndexer: embeds queries for hybrid recall, and keeps the memories' embeddings up to date.
 
 Embedding stays off the request path: `remember` stores the memory and returns; a background thread
 of the server process embeds new memories in batches and, on first use, every older memory that has
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 BATCH = 16  # memories per look and per save; reindex embeds them in one call (~0.2 s on two cores)
 IDLE_RESCAN_S = 60.0  # when idle, look again this often (for memories other processes stored)
 RETRY_S = 30.0  # after an embedder failure (an endpoint that is down)
-RECENT_QUERIES = 256  # query vectors kept (SemanticSearch.embed_query)
+RECENT_QUERIES = 256  # query vectors kept (SemanticIndexer.embed_query)
 # The indexer embeds in the gaps between requests: running beside a recall, even on one core at the
 # lowest priority, it made the recall's query embedding several times slower (a thread that wakes from
 # sleep gets the CPU first). So it embeds BACKGROUND_CHUNK passages at a time, each once no request
@@ -178,8 +178,9 @@ class BackgroundIndexer:
             await anyio.to_thread.run_sync(self._stop.wait, wait)  # returns at once on stop()
 
 
-class SemanticSearch:
-    """What AgentSelf holds when hybrid recall is on."""
+class SemanticIndexer:
+    """What AgentSelf holds when hybrid recall is on: it embeds queries and memories; the recall
+    engine (soul_mcp.recall) does the searching."""
 
     def __init__(
         self,
@@ -199,7 +200,7 @@ class SemanticSearch:
     @classmethod
     def from_settings(
         cls, settings: Semantic, open_store: Callable[[], Awaitable[EmbeddingStore]] | None = None
-    ) -> SemanticSearch | None:
+    ) -> SemanticIndexer | None:
         if embedder_for(settings) is None:
             return None
 

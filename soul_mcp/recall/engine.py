@@ -1,0 +1,106 @@
+"""`Recall`: the ranking engine's entry point, one per opened self, over any `RecallSource`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from soul_mcp.recall.hybrid import rank_hybrid
+from soul_mcp.recall.index import RecallIndex
+from soul_mcp.recall.lending import LENDERS, NEIGHBOUR_WEIGHT
+from soul_mcp.recall.query import RANKED_MAX, SearchHit, SearchQuery
+from soul_mcp.recall.source import RecallSource
+from soul_mcp.recall.vectors import VectorCaches
+
+# The ranking is computed over the same CANDIDATES best matches whatever page is asked for, so that
+# pages never overlap; paging ends there (recall says so), and a narrower query or a filter reaches
+# the rest.
+CANDIDATES = RANKED_MAX
+
+
+class Recall:
+    """Ranks the memories of `source` for a query: BM25 over the words, neighbour lending, and with
+    a query vector hybrid fusion. What it keeps in memory (RecallIndex, VectorCaches) is loaded at
+    the first text search and kept in step with the source's change log."""
+
+    # How many matches a text search ranks; per engine, so that a test can page past it on a small
+    # database.
+    candidates: int = CANDIDATES
+
+    def __init__(self, source: RecallSource) -> None:
+        self.source = source
+        self._index: RecallIndex | None = None
+        self.vectors = VectorCaches(source)
+
+    @property
+    def index(self) -> RecallIndex:
+        # Made at the first text search, not before: it loads numpy, which a server listing its
+        # tools never needs.
+        if self._index is None:
+            self._index = RecallIndex(self.source)
+        return self._index
+
+    async def close(self) -> None:
+        if self._index is not None:
+            await anyio.to_thread.run_sync(self._index.stop_prefill)
+
+    async def search(self, query: SearchQuery) -> list[SearchHit]:
+        """Active memories matching the query, best first (by `query.order` without terms)."""
+        if query.terms:
+            return await self._search_text(query)
+        return [SearchHit(memory, 0.0) for memory in await self.source.ordered_memories(query)]
+
+    async def _search_text(self, query: SearchQuery) -> list[SearchHit]:
+        # 1. The best full-text matches, the same pool of `candidates` whatever page is asked for.
+        index = self.index
+        async with index.lock:
+            await index.refresh()
+            words = await index.postings(query.terms)
+            filters = await self._filters(query)
+            rowids, scores = index.rank(words, self.candidates, **filters)
+            if query.vector is None:
+                # 2. Their neighbours in storage order, when stored in the same context.
+                ranked, totals, lenders = index.with_neighbours(
+                    rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
+                )
+        # Once the first text search has ranked (not before: the thread would slow it down), the
+        # commonest words are fetched ahead.
+        index.start_prefill()
+        if query.vector is not None:  # hybrid recall, when there are embeddings by its model
+            hybrid = await rank_hybrid(query, index, self.vectors, rowids, scores, filters)
+            if hybrid is not None:
+                return await self._hits(*hybrid)
+            async with index.lock:
+                ranked, totals, lenders = index.with_neighbours(
+                    rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
+                )
+        page = slice(query.offset, query.offset + query.limit)
+        return await self._hits(ranked[page].tolist(), totals[page].tolist(), lenders[page].tolist())
+
+    async def _hits(self, shown: list[int], scores: list[float], lenders: list[int]) -> list[SearchHit]:
+        """The page of a ranking: the memories at `shown` rowids with their `scores`, and for each
+        the rowid of the neighbour that lent it the most (0 for none), whose id goes in context_of."""
+        if not shown:
+            return []
+        score_of = dict(zip(shown, scores, strict=True))
+        lent_by = {r: lent for r, lent in zip(shown, lenders, strict=True) if lent}
+        memories = await self.source.memories_at(shown + list(lent_by.values()))
+        return [
+            SearchHit(
+                memories[r], score_of[r], memories[lent_by[r]].id if lent_by.get(r) in memories else None
+            )
+            for r in shown
+            if r in memories  # a memory purged since the index was read is left out
+        ]
+
+    async def _filters(self, query: SearchQuery) -> dict[str, Any]:
+        """The query's filters in the form RecallIndex.keep takes them."""
+        import numpy as np
+
+        filters: dict[str, Any] = {"since": query.since, "until": query.until, "kind": query.kind}
+        if query.tags:
+            filters["within"] = await self.index.tagged(query.tags)
+        if query.exclude_ids:
+            filters["without"] = np.array(await self.source.rowids_of(query.exclude_ids), dtype=np.int64)
+        return filters

@@ -1,0 +1,94 @@
+"""The prefill: a thread that fetches the commonest words' postings ahead of the recalls.
+
+A word first asked for costs the store its per-memory scoring, for every memory holding it: tens of
+milliseconds for a common word at 100k memories (bench/README.md). So once the index is loaded, this thread
+fetches the words held by at least PREFILL_MIN memories, the commonest first, over a reader of its
+own (RecallSource.blocking_reader), and hands them over; recalls go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from soul_mcp.errors import StorageError
+from soul_mcp.recall.bm25 import POSTINGS_KEPT, Postings, idf
+from soul_mcp.recall.source import BlockingReader, Tokenizer
+
+log = logging.getLogger(__name__)
+
+# Words held by at least this many memories are fetched ahead, until the postings fetched reach
+# PREFILL_SHARE of POSTINGS_KEPT.
+PREFILL_MIN = 50
+PREFILL_SHARE = 0.8
+
+
+class Prefill:
+    """Fetches postings up to rowid `top` as they were with `memories` active memories; `epoch`
+    is the index's when it started (what was fetched is dropped if the index moved on)."""
+
+    def __init__(
+        self,
+        open_reader: Callable[[], BlockingReader],
+        tokenizer: Callable[[], Tokenizer],
+        top: int,
+        memories: int,
+        epoch: int,
+    ) -> None:
+        self._open_reader, self._tokenizer = open_reader, tokenizer
+        self.top, self.memories, self.epoch = top, memories, epoch
+        self._done: list[tuple[str, Postings]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soul-mcp-recall-prefill", daemon=True)
+        self.fetched = 0  # words (for tests and logs)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def take(self) -> list[tuple[str, Postings]]:
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def _run(self) -> None:
+        import numpy as np
+
+        try:
+            reader = self._open_reader()
+        except StorageError as exc:
+            log.warning("recall prefill: %s", exc)
+            return
+        try:
+            terms = reader.common_words(PREFILL_MIN)
+            tokens = self._tokenizer()
+            entries = 0
+            for term in terms:
+                if self._stop.is_set():
+                    return
+                if tokens.keys([term]) != [term]:  # a match of it would find another token
+                    continue
+                rows = reader.word_scores(term)
+                weight = idf(self.memories, len(rows))
+                kept = [r for r in rows if r[0] <= self.top]
+                rowids = np.array([r for r, _ in kept], dtype=np.int64)
+                parts = np.array([s for _, s in kept], dtype=np.float64) / weight
+                with self._lock:
+                    self._done.append((term, Postings(rowids, parts, self.top, self.memories)))
+                self.fetched += 1
+                entries += len(rowids)
+                if entries > PREFILL_SHARE * POSTINGS_KEPT:
+                    return
+        except StorageError as exc:  # e.g. the file was removed: recalls fetch words themselves
+            log.warning("recall prefill stopped: %s", exc)
+        finally:
+            reader.close()
