@@ -7,14 +7,13 @@ makes); the CLI itself is driven as a subprocess at the end.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cli import invoke
 
 from soul_mcp.config import Settings
 from soul_mcp.core import AgentSelf
@@ -500,11 +499,7 @@ async def test_two_files_naming_the_same_thing_are_refused(agent: AgentSelf, wor
 
 
 def cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SOUL_MCP_DB"}
-    return subprocess.run(
-        [sys.executable, "-m", "soul_mcp", *args, "--db", str(db)],
-        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60,
-    )  # fmt: skip
+    return invoke(*args, "--db", str(db), env={"SOUL_MCP_DB": None})
 
 
 def test_cli_import_and_export_round_trip(workspace: Path, tmp_path: Path) -> None:
