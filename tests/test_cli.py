@@ -1,4 +1,6 @@
-"""The `soul-mcp` command line, run as a person runs it: a subprocess on a real database file.
+"""The `soul-mcp` command line on a real database file, run in this process through main(), the
+installed script's entry point, as sqlite-utils tests its CLI: a subprocess only where the process
+boundary is the point (here: `python -m soul_mcp --help` itself).
 
 Exit codes are part of the interface: 0 success, 1 refused (with `error: ...` on stderr), 2 usage.
 """
@@ -6,14 +8,18 @@ Exit codes are part of the interface: 0 success, 1 refused (with `error: ...` on
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -21,24 +27,43 @@ from soul_mcp import __version__
 from soul_mcp.cli import build_parser, main
 from soul_mcp.core.starter import STARTER_SOUL
 
+# Settings a command could pick up from the environment running the tests.
+UNSET = ("SOUL_MCP_DB", "EDITOR", "VISUAL", "NO_COLOR")
 
-def cli(
-    *args: str, db: Path | None = None, env_db: Path | None = None, tty_free: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m soul_mcp ARGS`; the database comes from --db, or from $SOUL_MCP_DB."""
-    env = {k: v for k, v in os.environ.items() if k != "SOUL_MCP_DB"}
-    if env_db is not None:
-        env["SOUL_MCP_DB"] = str(env_db)
+
+def invoke(*argv: str, env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+    """`soul-mcp ARGV` in this process: stdout and stderr captured, stdin empty (never a terminal,
+    so a command that would ask refuses instead), `env` set for the call (None unsets) on top of an
+    environment without UNSET. argparse's own exits (usage errors, --help) become the exit code."""
+    changes = {**dict.fromkeys(UNSET), **(env or {})}
+    saved = {name: os.environ.get(name) for name in changes}
+    out, err, stdin = io.StringIO(), io.StringIO(), sys.stdin
+    try:
+        _set_environment(changes)
+        sys.stdin = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(list(argv))
+            except SystemExit as exited:
+                code = exited.code if isinstance(exited.code, int) else 1
+    finally:
+        sys.stdin = stdin
+        _set_environment(saved)
+    return subprocess.CompletedProcess(["soul-mcp", *argv], code, out.getvalue(), err.getvalue())
+
+
+def _set_environment(values: Mapping[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def cli(*args: str, db: Path | None = None, env_db: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`soul-mcp ARGS`; the database comes from --db, or from $SOUL_MCP_DB."""
     argv = [*args, "--db", str(db)] if db is not None else list(args)
-    return subprocess.run(
-        [sys.executable, "-m", "soul_mcp", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        # Not a terminal: commands that would ask a question must refuse instead of hanging.
-        stdin=subprocess.DEVNULL if tty_free else None,
-        timeout=60,
-    )
+    return invoke(*argv, env={"SOUL_MCP_DB": str(env_db) if env_db is not None else None})
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
@@ -168,12 +193,14 @@ def test_soul_show_prints_the_starter_before_any_soul_is_written(db_path: Path) 
     assert ok(cli("intent", "history", db=db_path)).startswith("Intent has no stored versions yet.")
 
 
-@pytest.mark.anyio
-async def test_history_and_diff_show_what_an_mcp_client_wrote(server: Any, db_path: Path) -> None:
-    async with Client(server) as client:
-        for content, reason in [("# Soul\nCurious.", "first"), ("# Soul\nCurious and kind.", "grew")]:
-            result = await client.call_tool("write_soul", {"content": content, "reason": reason})
-            assert not result.is_error, result.content
+def test_history_and_diff_show_what_an_mcp_client_wrote(server: Any, db_path: Path) -> None:
+    async def write() -> None:
+        async with Client(server) as client:
+            for content, reason in [("# Soul\nCurious.", "first"), ("# Soul\nCurious and kind.", "grew")]:
+                result = await client.call_tool("write_soul", {"content": content, "reason": reason})
+                assert not result.is_error, result.content
+
+    anyio.run(write)
 
     history = ok(cli("soul", "history", db=db_path))
     assert history.splitlines()[0] == "Soul history, newest first:"
@@ -256,7 +283,10 @@ def test_every_command_has_help(path: tuple[str, ...], capsys: pytest.CaptureFix
 
 
 def test_help_from_the_command_line_lists_the_commands_and_exit_codes() -> None:
-    done = cli("--help")
+    # A real process: `python -m soul_mcp` is what the installed script and clients run.
+    done = subprocess.run(
+        [sys.executable, "-m", "soul_mcp", "--help"], capture_output=True, text=True, timeout=60
+    )
     out = ok(done)
     assert out.startswith("usage: soul-mcp")
     assert "doctor" in out and "memories" in out

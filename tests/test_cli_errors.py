@@ -52,7 +52,8 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "SOUL_MCP_CACHE_DIR": str(tmp_path / "cache"), **extra}
 
 
-def soul(*args: str, env: dict[str, str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def soul(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m soul_mcp ARGS` as a real process, for what main() cannot show in-process."""
     return subprocess.run(
         [sys.executable, "-m", "soul_mcp", *args],
         capture_output=True,
@@ -60,7 +61,6 @@ def soul(*args: str, env: dict[str, str], **kwargs: object) -> subprocess.Comple
         env=env,
         stdin=subprocess.DEVNULL,
         timeout=60,
-        **kwargs,  # type: ignore[arg-type]
     )
 
 

@@ -1,8 +1,9 @@
 """The rest of the command line: init, memories list, edit and restore for every document, stats per
 client, doctor, host configuration, --json everywhere and colour only where it belongs.
 
-Like test_cli.py, every command runs as a subprocess on a real database file; MCP clients (in-process
-and over stdio) play the hosts whose traces the CLI reports.
+Like test_cli.py, commands run in this process through main() on a real database file, and as a
+subprocess only for a pseudo-terminal; MCP clients (in-process and over stdio) play the hosts whose
+traces the CLI reports.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shlex
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +25,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.types import Implementation
-from test_cli import as_json, ok, refused, remember
+from test_cli import as_json, invoke, ok, refused, remember
 
 from soul_mcp.cli import doc_commands, main
 from soul_mcp.config import Settings
@@ -33,20 +35,11 @@ DOCS = list(doc_commands().items())  # ("north-star", "north_star"), ... whateve
 
 
 def run(
-    *args: str, db: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str, db: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m soul_mcp ARGS [--db DB]` with extra environment, never at a terminal."""
-    base = {k: v for k, v in os.environ.items() if k not in {"SOUL_MCP_DB", "EDITOR", "VISUAL", "NO_COLOR"}}
+    """`soul-mcp ARGS [--db DB]` in this process with extra environment, never at a terminal."""
     argv = [*args, "--db", str(db)] if db is not None else list(args)
-    return subprocess.run(
-        [sys.executable, "-m", "soul_mcp", *argv],
-        capture_output=True,
-        text=True,
-        env={**base, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        cwd=cwd,
-        timeout=60,
-    )
+    return invoke(*argv, env=env)
 
 
 def exit_code(done: subprocess.CompletedProcess[str], code: int) -> None:
@@ -220,14 +213,14 @@ def test_memories_show_reads_a_forgotten_memory(stock: Stock) -> None:
 
 @pytest.mark.parametrize(("command", "document"), DOCS, ids=[c for c, _ in DOCS])
 def test_edit_stores_what_the_editor_saved_as_a_new_version(
-    tmp_path: Path, db_path: Path, command: str, document: str
+    tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, document: str
 ) -> None:
     env = editor(
         tmp_path, "path.write_text('# Edited\\n\\nWritten in the editor: ü, 日本\\n', encoding='utf-8')"
     )
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    env["TMPDIR"] = str(scratch)  # where the editor's file is made
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the editor's file is made
     written = as_json(run(command, "edit", "--reason", "my own words", "--json", db=db_path, env=env))
     assert written["changed"] is True
     version = written["version"]
@@ -259,8 +252,6 @@ def test_edit_without_a_change_stores_nothing(tmp_path: Path, db_path: Path) -> 
 def test_the_editor_sees_the_current_text_and_its_trailing_newline_is_not_a_change(
     tmp_path: Path, db_path: Path, server: Any
 ) -> None:
-    import anyio
-
     async def write() -> None:
         async with Client(server) as client:
             result = await client.call_tool("write_intent", {"content": "Stopped at invoices (no newline)"})
@@ -307,17 +298,19 @@ def test_restore_makes_an_old_version_current_as_a_new_one(tmp_path: Path, db_pa
 # stats -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_stats_shows_activity_per_client(db_path: Path, server: Any) -> None:
-    for name in ("claude-desktop", "cursor"):
-        async with Client(server, client_info=Implementation(name=name, version="1")) as client:
-            assert not (await client.call_tool("wake_up", {})).is_error
-            assert not (await client.call_tool("remember", {"content": f"Noted in {name}"})).is_error
-            if name == "cursor":
-                done = await client.call_tool(
-                    "write_soul", {"content": "# Soul\nFrom Cursor.", "reason": "r"}
-                )
-                assert not done.is_error
+def test_stats_shows_activity_per_client(db_path: Path, server: Any) -> None:
+    async def use_from_two_hosts() -> None:
+        for name in ("claude-desktop", "cursor"):
+            async with Client(server, client_info=Implementation(name=name, version="1")) as client:
+                assert not (await client.call_tool("wake_up", {})).is_error
+                assert not (await client.call_tool("remember", {"content": f"Noted in {name}"})).is_error
+                if name == "cursor":
+                    done = await client.call_tool(
+                        "write_soul", {"content": "# Soul\nFrom Cursor.", "reason": "r"}
+                    )
+                    assert not done.is_error
+
+    anyio.run(use_from_two_hosts)
     remember(db_path, "Noted at the terminal")
 
     stats = as_json(run("stats", "--json", db=db_path))
@@ -403,9 +396,12 @@ def test_doctor_on_a_missing_database_says_so_and_creates_nothing(tmp_path: Path
 
 
 @pytest.mark.parametrize("host", ["claude-desktop", "cursor", "vscode"])
-def test_config_snippets_are_json_with_absolute_paths_that_exist(tmp_path: Path, host: str) -> None:
-    ok(run("init", "--db", "rel.db", cwd=tmp_path))
-    done = run("config", host, "--db", "rel.db", cwd=tmp_path)  # a relative --db becomes absolute
+def test_config_snippets_are_json_with_absolute_paths_that_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ok(run("init", "--db", "rel.db"))
+    done = run("config", host, "--db", "rel.db")  # a relative --db becomes absolute
     snippet = json.loads(ok(done))
     servers = snippet["servers" if host == "vscode" else "mcpServers"]
     entry = servers["soul"]
@@ -427,18 +423,22 @@ def test_config_claude_code_is_a_command_line(db_path: Path) -> None:
     assert data["shell"].startswith("claude mcp add --scope user soul -- ") and data["snippet"] is None
 
 
-@pytest.mark.anyio
-async def test_the_config_command_starts_a_server_with_a_minimal_path(db_path: Path) -> None:
+def test_the_config_command_starts_a_server_with_a_minimal_path(db_path: Path) -> None:
     entry = json.loads(ok(run("config", "claude-desktop", db=db_path)))["mcpServers"]["soul"]
     # What a desktop host gives its servers: no venv, no user PATH.
     params = StdioServerParameters(
         command=entry["command"], args=entry["args"], env={"PATH": "/usr/bin:/bin"}
     )
-    async with Client(params) as client:
-        tools = {tool.name for tool in (await client.list_tools()).tools}
-        result = await client.call_tool("remember", {"content": "Stored through the configured command"})
+
+    async def connect() -> tuple[set[str], bool]:
+        async with Client(params) as client:
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+            result = await client.call_tool("remember", {"content": "Stored through the configured command"})
+        return tools, result.is_error
+
+    tools, failed = anyio.run(connect)
     assert {"wake_up", "remember", "recall"} <= tools
-    assert not result.is_error
+    assert not failed
     assert ok(run("recall", "configured command", db=db_path)).startswith("1 memory")
 
 
@@ -448,8 +448,7 @@ async def test_the_config_command_starts_a_server_with_a_minimal_path(db_path: P
 def test_json_parses_for_every_command_that_prints(
     tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # In-process through main(), the installed script's entry point: twenty subprocesses would cost
-    # more than everything else here. The subprocess tests above cover the same commands' text.
+    # The tests above cover the same commands' text.
     memory_id = remember(db_path, "A memory to carry through every command")
     for name, value in editor(tmp_path, "path.write_text(text + '\\nEdited.')").items():
         monkeypatch.setenv(name, value)

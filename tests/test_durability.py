@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from conftest import load_bench, server_command, server_env
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from test_cli import invoke
 
 from soul_mcp.cli import main
 
@@ -73,13 +73,9 @@ async def test_http_clients_mixing_reads_and_writes_lose_nothing(db_path: Path, 
 
 
 def backup_cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "soul_mcp", "backup", *args, "--db", str(db)],
-        capture_output=True,
-        text=True,
-        env=server_env(db),
-        timeout=120,
-    )
+    """`soul-mcp backup ARGS --db DB` in this process (safe in a worker thread: main() runs its own
+    event loop)."""
+    return invoke("backup", *args, "--db", str(db))
 
 
 async def test_backup_while_a_server_writes_restores_everything_it_holds(
@@ -88,6 +84,7 @@ async def test_backup_while_a_server_writes_restores_everything_it_holds(
     target = tmp_path / "backups" / "soul-backup.db"
     target.parent.mkdir()
     acknowledged: list[str] = []
+    written = [anyio.Event()]  # set, then replaced, after each acknowledged write
     stop = anyio.Event()
 
     async with Client(stdio(db_path), mode="legacy") as client:
@@ -104,12 +101,14 @@ async def test_backup_while_a_server_writes_restores_everything_it_holds(
                 )
                 assert not result.is_error, result.content
                 acknowledged.append(result.structured_content["memory"]["content"])  # type: ignore[index]
+                written[0].set()
+                written[0] = anyio.Event()
                 n += 1
 
         async def wait_for(count: int) -> None:
             with anyio.fail_after(60):
                 while len(acknowledged) < count:
-                    await anyio.sleep(0.01)
+                    await written[0].wait()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(keep_writing)
@@ -135,7 +134,7 @@ async def test_backup_while_a_server_writes_restores_everything_it_holds(
     assert f"Memories: {len(copied)} active" in done.stdout
     assert not list(target.parent.glob(".*partial*")), "the temporary copy was left behind"
 
-    # Restore as the README says: servers stopped, the backup copied over the database, the stale
+    # Restore as docs/operations.md says: servers stopped, the backup copied over the database, the stale
     # -wal and -shm removed. A new server then reads exactly what the backup held.
     shutil.copyfile(target, db_path)
     for stale in (Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):

@@ -1,10 +1,10 @@
-"""The examples and the README work as documented, run as a user would run them on a real database file.
+"""The examples and the docs work as documented, run as a user would run them on a real database file.
 
 The scripts run as subprocesses (they start soul-mcp over stdio themselves); afterwards the test
 reads the database back (with the CLI, or AgentSelf on a connection of its own), so a script that
 printed the right thing but stored nothing fails.
-The client configs are checked by starting the server exactly as they describe it, and the README
-by comparing it with what the server and the CLI really offer.
+The client configs are checked by starting the server exactly as they describe it, and the README and
+docs/ by comparing them with what the server and the CLI really offer and following their links.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from soul_mcp.core import AgentSelf
 from soul_mcp.models import Document, RecallHit, Stats
 
 EXAMPLES = ROOT / "examples"
-README = ROOT / "README.md"
 TIMEOUT = 120
 
 
@@ -201,43 +200,50 @@ async def test_client_config_starts_a_working_soul_mcp_server(name: str, db_path
     ]
 
 
-# README.md --------------------------------------------------------------------------------------------
+# README.md and docs/ -------------------------------------------------------------------------------
+
+
+def page(name: str) -> str:
+    return (ROOT / name).read_text(encoding="utf-8")
 
 
 @pytest.mark.anyio
-async def test_readme_documents_every_tool_resource_and_prompt(server: Any) -> None:
-    readme = README.read_text()
+async def test_docs_document_every_tool_resource_and_prompt(server: Any) -> None:
+    tools_page, readme = page("docs/tools.md"), page("README.md")
     async with Client(server) as client:
         tools = [tool.name for tool in (await client.list_tools()).tools]
         uris = [str(r.uri) for r in (await client.list_resources()).resources]
         templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
         prompts = [prompt.name for prompt in (await client.list_prompts()).prompts]
     assert len(tools) == 16
-    assert [name for name in tools if f"- `{name}(" not in readme] == []
-    assert [uri for uri in uris + templates if f"`{uri}`" not in readme] == []
-    assert [name for name in prompts if f"`{name}`" not in readme] == []
+    assert [name for name in tools if f"- `{name}(" not in tools_page] == []
+    assert [uri for uri in uris + templates if f"`{uri}`" not in tools_page] == []
+    assert [name for name in prompts if f"`{name}`" not in tools_page] == []
+    # The README's table of tools at a glance names every one as well.
+    assert [name for name in tools if f"`{name}`" not in readme] == []
 
 
-def test_readme_documents_every_cli_command() -> None:
-    readme = README.read_text()
+def test_docs_document_every_cli_command() -> None:
+    cli_page = page("docs/cli.md")
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert [name for name in commands if f"`{name}`" not in readme] == []
+    assert [name for name in commands if f"`{name}`" not in cli_page] == []
 
 
-def test_readme_config_snippet_is_the_example_file() -> None:
-    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), flags=re.DOTALL)
+@pytest.mark.parametrize("name", ["README.md", "docs/clients.md"])
+def test_config_snippet_in_the_docs_is_the_example_file(name: str) -> None:
+    blocks = re.findall(r"```json\n(.*?)```", page(name), flags=re.DOTALL)
     assert json.loads(blocks[0]) == json.loads((EXAMPLES / "claude_desktop_config.json").read_text())
     assert json.loads((EXAMPLES / "cursor_mcp.json").read_text()) == json.loads(blocks[0])
 
 
 @pytest.mark.anyio
 async def test_stemming_examples_in_the_docs_hold(server: Any) -> None:
-    """Every 'X' finds 'Y' example in the README and the recall tool's description is true."""
+    """Every 'X' finds 'Y' example in the docs and the recall tool's description is true."""
     async with Client(server) as client:
         recall_tool = next(t for t in (await client.list_tools()).tools if t.name == "recall")
-        docs = README.read_text() + "\n" + (recall_tool.description or "")
+        docs = "\n".join(page(name) for name in DOC_PAGES) + "\n" + (recall_tool.description or "")
         examples = re.findall(r'"(\w+)"\s+finds\s+"(\w+)"', docs)
-        assert len(examples) >= 2  # one in the README, one in the tool description
+        assert len(examples) >= 2  # one in docs/recall.md, one in the tool description
         failing = []
         for query, word in examples:
             kept = await client.call_tool("remember", {"content": f"We talked about {word} today"})
@@ -246,3 +252,83 @@ async def test_stemming_examples_in_the_docs_hold(server: Any) -> None:
             if memory_id not in [hit["id"] for hit in found.structured_content["hits"]]:
                 failing.append(f"{query!r} does not find {word!r}")
     assert failing == []
+
+
+DOC_PAGES = sorted(
+    ["README.md", "CONTRIBUTING.md", "CHANGELOG.md", "examples/README.md"]
+    + [f"docs/{doc.name}" for doc in (ROOT / "docs").glob("*.md")]
+)
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def outside_code(text: str) -> list[str]:
+    """The page's lines that Markdown renders as text: fenced code blocks left out, as CommonMark
+    closes them (a fence of the same character, at least as long, with nothing after it)."""
+    lines, fence = [], ""
+    for line in text.splitlines():
+        match = FENCE.match(line)
+        if not fence and match:
+            fence = match.group(1)
+        elif fence and match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
+            fence = "" if not match.group(2).strip() else fence
+        elif not fence:
+            lines.append(line)
+    return lines
+
+
+def links(text: str) -> list[str]:
+    """Where the page's links lead, as written (inline code holds no links)."""
+    return [target for line in outside_code(text) for target in LINK.findall(re.sub(r"`[^`]*`", "", line))]
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to
+    hyphens, and -1, -2, ... after a repeat."""
+    seen: dict[str, int] = {}
+    for line in outside_code(text):
+        if match := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line):
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).lower()).replace(" ", "-")
+            seen[slug] = seen.get(slug, -1) + 1
+            if seen[slug]:
+                seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
+def test_every_relative_link_in_the_docs_leads_to_a_file_and_heading_that_exist() -> None:
+    broken = []
+    for name in DOC_PAGES:
+        source = ROOT / name
+        for target in links(page(name)):
+            if re.match(r"^[a-z]+:", target):
+                continue  # https:, mailto:: not ours to check
+            path, _, anchor = target.partition("#")
+            linked = (source.parent / path).resolve() if path else source
+            if not linked.exists():
+                broken.append(f"{name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text("utf-8")):
+                broken.append(f"{name}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_the_readme_links_every_page_of_the_docs() -> None:
+    linked = {target.partition("#")[0] for target in links(page("README.md"))}
+    pages = {f"docs/{doc.name}" for doc in (ROOT / "docs").glob("*.md")}
+    assert len(pages) >= 9
+    assert sorted(pages - linked) == []
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md draws the tree of soul_mcp/, one line per module; it names no module that
+    is gone and leaves none out (a package's __init__.py only when it holds more than re-exports)."""
+    text = page("docs/architecture.md")
+    tree = text[text.index("```text\nsoul_mcp/\n") + len("```text\n") :].split("```", 1)[0]
+    drawn, folders = set(), []
+    for line in tree.splitlines():
+        depth, name = (len(line) - len(line.lstrip())) // 2, line.split()[0]
+        folders[depth:] = [name.rstrip("/")]
+        if name.endswith(".py"):
+            drawn.add("/".join(folders))
+    files = {path.relative_to(ROOT).as_posix() for path in (ROOT / "soul_mcp").rglob("*.py")}
+    assert sorted(drawn - files) == []
+    assert sorted(path for path in files - drawn if not path.endswith("/__init__.py")) == []

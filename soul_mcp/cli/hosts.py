@@ -1,4 +1,5 @@
-"""Ready configuration for the MCP hosts people use, with paths that work outside a shell.
+"""`soul-mcp config HOST`: ready configuration for the MCP hosts people use, with paths that work
+outside a shell.
 
 Desktop apps start servers with a minimal PATH and without the user's venv, so every snippet names
 the server by absolute path: the `soul-mcp` script of the installation that is running now (never
@@ -14,6 +15,8 @@ Formats (checked against each host's documentation):
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -21,8 +24,47 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HOSTS = ("claude-desktop", "claude-code", "cursor", "vscode")
+from soul_mcp.cli.command import Subcommands
+from soul_mcp.cli.output import EXIT_OK, emit
+from soul_mcp.config import Settings
+
+HOSTS = {
+    "claude-desktop": "JSON for claude_desktop_config.json (mcpServers)",
+    "claude-code": "the `claude mcp add` command line",
+    "cursor": "JSON for ~/.cursor/mcp.json or .cursor/mcp.json (mcpServers)",
+    "vscode": "JSON for .vscode/mcp.json (servers, type stdio)",
+}
 SCRIPT = "soul-mcp.exe" if os.name == "nt" else "soul-mcp"
+
+
+def register(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    hosts = sub.add_parser(
+        "config",
+        help="print a ready configuration for an MCP host, with absolute paths",
+        description="Print what to add to an MCP host so it starts this soul-mcp on this database. "
+        "The paths are absolute, so the host needs neither your PATH nor your venv; where the "
+        "snippet goes is printed on stderr.",
+    )
+    host_sub = hosts.add_subparsers(dest="host", metavar="HOST", required=True)
+    for host, text in HOSTS.items():
+        p = host_sub.add_parser(host, parents=[common], help=text)
+        p.add_argument("--name", default="soul", help="the server's name in the host (default soul)")
+        if host == "claude-code":
+            p.add_argument("--scope", choices=["local", "project", "user"], default="user",
+                           help="user: every project (default); local: this project, for you; "
+                           "project: .mcp.json, shared")  # fmt: skip
+        p.set_defaults(func=config)
+
+
+def config(args: argparse.Namespace) -> int:
+    settings = Settings.load(args.db)
+    found = host_config(args.host, settings.db_path, name=args.name, scope=getattr(args, "scope", "user"))
+    if args.json:
+        emit(args, found, "")
+    else:
+        print(json.dumps(found["snippet"], indent=2) if found["snippet"] else found["shell"])
+        print(f"# {found['where']}", file=sys.stderr)
+    return EXIT_OK
 
 
 def launcher() -> list[str]:

@@ -1,4 +1,4 @@
-"""Output for people at a terminal: colour when it helps, aligned tables, an editor.
+"""Output for people at a terminal: colour when it helps, aligned tables, text that fits.
 
 Colour is used only when the stream is a terminal, `NO_COLOR` is unset or empty
 (https://no-color.org) and `TERM` is not `dumb`; scripts reading a pipe get plain text. Nothing here
@@ -8,15 +8,11 @@ knows about soul-mcp's records: the CLI decides what to show, this module decide
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import textwrap
 import unicodedata
 from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar, TextIO
 
 
@@ -110,55 +106,3 @@ def wrap(label: str, text: str) -> str:
         subsequent_indent=" " * len(label),
         break_on_hyphens=False,
     )
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} bytes"  # unreachable; keeps type checkers content
-
-
-# The editor ------------------------------------------------------------------------------------
-
-
-class EditorError(Exception):
-    """The editor could not be started or failed; the message says what to do."""
-
-
-def editor_command() -> list[str]:
-    """$VISUAL, then $EDITOR (either may carry arguments, e.g. 'code --wait'), then vi / notepad."""
-    for name in ("VISUAL", "EDITOR"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return shlex.split(value, posix=os.name != "nt")
-    return ["notepad"] if os.name == "nt" else ["vi"]
-
-
-def edit_text(initial: str, name: str) -> tuple[str, Path]:
-    """Open the editor on a temporary file holding `initial`; return the saved text and the file.
-
-    The caller deletes the file once the text is safely stored, and keeps it (and names it) when
-    storing fails, so nothing typed is lost. A newline is added for the editor's sake when the text
-    lacks one, and taken off again afterwards.
-    """
-    added_newline = bool(initial) and not initial.endswith("\n")
-    handle, raw_path = tempfile.mkstemp(prefix=f"soul-mcp-{name}-", suffix=".md")
-    path = Path(raw_path)
-    with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
-        f.write(initial + ("\n" if added_newline else ""))
-    command = [*editor_command(), str(path)]
-    try:
-        done = subprocess.run(command, check=False)
-    except FileNotFoundError:
-        path.unlink(missing_ok=True)
-        raise EditorError(f"cannot start the editor {command[0]!r}; set $EDITOR (e.g. EDITOR=nano)") from None
-    if done.returncode != 0:
-        path.unlink(missing_ok=True)
-        raise EditorError(f"the editor {command[0]!r} exited with status {done.returncode}; nothing saved")
-    edited = path.read_text(encoding="utf-8")
-    if added_newline and edited.endswith("\n"):
-        edited = edited[:-1]
-    return edited, path
