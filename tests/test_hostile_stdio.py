@@ -300,7 +300,8 @@ def test_a_cut_initialize_is_refused_not_answered_from_the_warm_start_cache(tmp_
         ROOT / "soul_mcp", tmp_path / "code" / "soul_mcp", ignore=shutil.ignore_patterns("__pycache__")
     )
     db = tmp_path / "soul.db"
-    env = server_env(db) | {"PYTHONPATH": str(tmp_path / "code")}
+    # PYTHONSAFEPATH: `python -m` would otherwise import soul_mcp from the current folder.
+    env = server_env(db) | {"PYTHONPATH": str(tmp_path / "code"), "PYTHONSAFEPATH": "1"}
 
     first = RawServer(db, tmp_path / "first.log", env)
     try:
@@ -320,5 +321,39 @@ def test_a_cut_initialize_is_refused_not_answered_from_the_warm_start_cache(tmp_
         assert f"({CUT} at params.clientInfo.name)" in answer["error"]["message"]
         second.handshake()
         assert_still_serving(second)
+    finally:
+        second.close()
+
+
+def test_a_cut_2026_era_request_is_refused_not_answered_from_the_warm_start_cache(tmp_path: Path) -> None:
+    shutil.copytree(
+        ROOT / "soul_mcp", tmp_path / "code" / "soul_mcp", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    db = tmp_path / "soul.db"
+    env = server_env(db) | {"PYTHONPATH": str(tmp_path / "code"), "PYTHONSAFEPATH": "1"}
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "hostile-test", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+
+    first = RawServer(db, tmp_path / "first.log", env)
+    try:
+        assert "result" in first.request("server/discover", {"_meta": meta})
+        assert "result" in first.request("tools/list", {"_meta": meta})
+    finally:
+        first.close()
+    cache = json.loads(next((tmp_path / "cache").glob("warm-start-*.json")).read_text())
+    assert len(cache["modern"]) == 2, "the first start cached no 2026-era answer"
+
+    second = RawServer(db, tmp_path / "second.log", env)
+    try:
+        cut = json.dumps({"_meta": meta}).replace('"hostile-test"', '"hostile \\ud83d"')
+        second.send(b'{"jsonrpc":"2.0","id":1,"method":"server/discover","params":' + cut.encode() + b"}")
+        answer = second.receive()  # without the guard in the warm start: the cached success
+        assert answer["id"] == 1 and answer["error"]["code"] == -32602, answer
+        assert "params._meta.io.modelcontextprotocol/clientInfo.name" in answer["error"]["message"]
+        assert "result" in second.request("server/discover", {"_meta": meta})
+        assert "result" in second.request("tools/list", {"_meta": meta})
     finally:
         second.close()

@@ -171,6 +171,7 @@ async def test_a_full_disk_is_reported_and_nothing_is_written(tmp_path: Path) ->
     db = tmp_path / "soul.db"
 
     async def fill_the_disk(store: Any) -> None:
+        await store._writer.execute("VACUUM")  # no free pages (from dropped indexes) left to reuse
         await store._writer.execute("PRAGMA max_page_count = 1")  # at most the pages it has now
 
     async with Client(with_store_tool(db, fill_the_disk)) as client:
@@ -212,11 +213,11 @@ async def test_an_unexpected_failure_is_named_and_logged_without_the_arguments(
 
 
 def damage_an_index(db: Path) -> None:
-    """Zero the root page of the tags index: the file opens, doctor's integrity check fails."""
+    """Zero the root page of an index: the file opens, doctor's integrity check fails."""
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA journal_mode = DELETE")
         (page,) = conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'memory_tags_by_memory'"
+            "SELECT rootpage FROM sqlite_master WHERE name = 'memories_by_time'"
         ).fetchone()
         (size,) = conn.execute("PRAGMA page_size").fetchone()
     with db.open("r+b") as f:

@@ -1,7 +1,8 @@
 """Warm start of `soul-mcp serve` (server/warmstart.py), through real server processes on stdio.
 
 A start with no cache is answered by the SDK and writes the cache; the next start answers
-`initialize` and `tools/list` from it while the SDK loads, and hands the SDK everything else.
+`initialize` and `tools/list` (handshake era), or `server/discover` and `tools/list` (2026 era),
+from it while the SDK loads, and hands the SDK everything else.
 Whether an answer came from the cache is read from the server's debug log on stderr, or, where a
 real client is used, from a marker written into the cached answer (only the cache can produce it).
 """
@@ -24,12 +25,22 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.types import Implementation
 from test_stdio import TIMEOUT, RawStdio, raw_server
 
-from soul_mcp.server.warmstart import CACHE_DIR_ENV, WARM_START_ENV
+from soul_mcp.server.warmstart import (
+    CACHE_DIR_ENV,
+    WARM_START_ENV,
+    Cache,
+    _modern_key,
+    load_cache,
+    save_cache,
+)
 
 VERSION = "2025-11-25"  # the newest handshake-era version, what mcp.Client(mode="legacy") sends
 FROM_CACHE = "answered initialize ({}) from the warm-start cache"
 TOOLS_FROM_CACHE = "answered tools/list from the warm-start cache"
 MARKER = "instructions that only the warm-start cache knows"
+MODERN = "2026-07-28"
+MODERN_FROM_CACHE = "answered {} (2026 era) from the warm-start cache"
+DISCOVER = "server/discover"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,6 +60,8 @@ SNAPSHOT: Path | None = None
 def warm_env(db: Path, cache_dir: Path, **extra: str) -> dict[str, str]:
     assert SNAPSHOT is not None
     env = {CACHE_DIR_ENV: str(cache_dir), "SOUL_MCP_LOG_LEVEL": "DEBUG", "PYTHONPATH": str(SNAPSHOT)}
+    # `python -m` would otherwise import soul_mcp from the current folder, the live tree.
+    env["PYTHONSAFEPATH"] = "1"
     return server_env(db) | env | extra
 
 
@@ -66,6 +79,15 @@ def initialize(request_id: int, version: str, name: str = "warm-test") -> dict[s
 
 
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def envelope(name: str = "warm-test", capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `_meta` every 2026-era request carries."""
+    return {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientInfo": {"name": name, "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": capabilities or {},
+    }
 
 
 def request(request_id: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -113,12 +135,39 @@ async def handshake(db: Path, cache_dir: Path, log: Path, version: str, **env: s
     return answers[0][0], answers[1][0]
 
 
+async def discover(
+    db: Path, cache_dir: Path, log: Path, *, meta: dict[str, Any] | None = None, **env: str
+) -> tuple[bytes, bytes]:
+    """One server start in the 2026 era: server/discover, then tools/list, each awaited as a client
+    does; the raw answer lines (ids 0 and 1)."""
+    params = {"_meta": meta or envelope()}
+    async with raw_server(db, log, warm_env(db, cache_dir, **env)) as raw:
+        await raw.send(request(0, DISCOVER, params))
+        await raw.answers({0})
+        await raw.send(request(1, "tools/list", params))
+        await raw.answers({1})
+        assert await finish(raw) == 0
+    answers = lines_by_id(raw.lines)
+    assert sorted(answers) == [0, 1] and all(len(v) == 1 for v in answers.values()), answers
+    return answers[0][0], answers[1][0]
+
+
+async def prime(folder: Path) -> None:
+    """What a handshake-era start and a 2026-era start (mcp.Client's own requests) write."""
+    db, cache_dir = folder / "soul.db", folder / "cache"
+    await handshake(db, cache_dir, folder / "server.err", VERSION)
+    command, args = server_command(db)
+    params = StdioServerParameters(command=command, args=args, env=warm_env(db, cache_dir))
+    async with Client(params, mode="auto") as client:
+        await client.list_tools()
+
+
 @pytest.fixture(scope="module")
 def primed_cache(tmp_path_factory: pytest.TempPathFactory, code_snapshot: None) -> Path:
-    """A cache folder holding what one start wrote (copied by each test that needs it)."""
+    """A cache folder holding what a start of each era wrote (copied by each test that needs it)."""
     folder = tmp_path_factory.mktemp("primed")
-    anyio.run(handshake, folder / "soul.db", folder / "cache", folder / "server.err", VERSION)
-    the_cache_file(folder / "cache")
+    anyio.run(prime, folder)
+    assert len(json.loads(the_cache_file(folder / "cache").read_text())["modern"]) == 2
     return folder / "cache"
 
 
@@ -128,9 +177,13 @@ def cache_dir(primed_cache: Path, tmp_path: Path) -> Path:
 
 
 def set_cached_instructions(cache_dir: Path, text: str) -> None:
+    """In the cached initialize answers and server/discover answers alike."""
     path = the_cache_file(cache_dir)
     data = json.loads(path.read_text())
     data["answers"][VERSION]["initialize"]["instructions"] = text
+    for key, result in data["modern"].items():
+        if json.loads(key)[0] == DISCOVER:
+            result["instructions"] = text
     path.write_text(json.dumps(data))
 
 
@@ -173,6 +226,153 @@ async def test_warm_answers_equal_the_sdk_answers_for_each_protocol_version(tmp_
 
 
 @pytest.mark.anyio
+async def test_2026_era_answers_come_from_the_cache_and_equal_the_sdk_answers(tmp_path: Path) -> None:
+    db, cache_dir = tmp_path / "soul.db", tmp_path / "cache"
+    logs = [tmp_path / f"server{n}.err" for n in range(4)]
+
+    # The SDK alone, with the warm start turned off: the reference answers.
+    plain = await discover(db, cache_dir, logs[0], **{WARM_START_ENV: "0"})
+    assert json.loads(plain[0])["result"]["supportedVersions"] == [MODERN]
+    assert not cache_dir.exists()
+
+    # No cache yet: the SDK answers, and its answers are cached.
+    first = await discover(db, cache_dir, logs[1])
+    assert first == plain
+    assert MODERN_FROM_CACHE.format(DISCOVER) not in logs[1].read_text()
+    cached = json.loads(the_cache_file(cache_dir).read_text())["modern"]
+    assert sorted(cached.values(), key=len) == sorted([json.loads(a)["result"] for a in plain], key=len)
+
+    # Answered from the cache while the SDK loads, byte for byte the SDK's answers; another
+    # client's name and version do not matter (neither answer reads them).
+    warm = await discover(db, cache_dir, logs[2], meta=envelope(name="another-host"))
+    log = logs[2].read_text()
+    assert MODERN_FROM_CACHE.format(DISCOVER) in log and MODERN_FROM_CACHE.format("tools/list") in log
+    assert warm == plain
+
+    # Other client capabilities are another request: the SDK answers it, and it is cached too.
+    other = await discover(db, cache_dir, logs[3], meta=envelope(capabilities={"roots": {}}))
+    assert MODERN_FROM_CACHE.format(DISCOVER) not in logs[3].read_text()
+    assert other == plain
+    assert len(json.loads(the_cache_file(cache_dir).read_text())["modern"]) == 4
+
+
+@pytest.mark.anyio
+async def test_2026_era_cache_for_other_code_is_ignored_and_replaced(
+    db_path: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    path = the_cache_file(cache_dir)
+    real = json.loads(path.read_text())
+    set_cached_instructions(cache_dir, MARKER)
+    stale = json.loads(path.read_text())
+    stale["fingerprint"] = "0" * 64  # as if written by another version of soul-mcp
+    path.write_text(json.dumps(stale))
+
+    discovered, _ = await discover(db_path, cache_dir, tmp_path / "server.err")
+    log = (tmp_path / "server.err").read_text()
+    assert json.loads(discovered)["result"]["instructions"] != MARKER
+    assert "written for other code" in log and MODERN_FROM_CACHE.format(DISCOVER) not in log
+    rewritten = json.loads(the_cache_file(cache_dir).read_text())
+    assert rewritten["fingerprint"] == real["fingerprint"]
+    assert set(rewritten["modern"]) == {
+        _modern_key(DISCOVER, {"_meta": envelope()}),
+        _modern_key("tools/list", {"_meta": envelope()}),
+    }
+
+
+@pytest.mark.anyio
+async def test_an_enveloped_request_on_a_handshake_connection_is_left_to_the_sdk(
+    db_path: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    # The first request settles the era: after initialize, the SDK refuses 2026-era requests, so
+    # the cache must not answer them.
+    log = tmp_path / "server.err"
+    async with raw_server(db_path, log, warm_env(db_path, cache_dir)) as raw:
+        for message in (
+            initialize(0, VERSION),
+            INITIALIZED,
+            request(1, "tools/list", {"_meta": envelope()}),
+            request(2, DISCOVER, {"_meta": envelope()}),
+        ):
+            await raw.send(message)
+        answers = await raw.answers({0, 1, 2})
+        assert await finish(raw) == 0
+    assert answers[0]["result"]["protocolVersion"] == VERSION
+    assert answers[1]["error"]["code"] == -32600 and "error" in answers[2]
+    assert {key: len(lines) for key, lines in lines_by_id(raw.lines).items()} == {0: 1, 1: 1, 2: 1}
+    assert "(2026 era) from the warm-start cache" not in log.read_text()
+
+
+@pytest.mark.anyio
+async def test_2026_era_requests_after_the_first_are_answered_once(
+    db_path: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    # Sent at once: discover (answered early and passed on: it settles the SDK's era), tools/list
+    # (answered early only), and calls only the SDK can answer.
+    meta = {"_meta": envelope(name="eager-2026")}
+    log = tmp_path / "server.err"
+    async with raw_server(db_path, log, warm_env(db_path, cache_dir)) as raw:
+        for message in (
+            request(0, DISCOVER, meta),
+            request(1, "tools/list", meta),
+            request(2, "tools/call", {"name": "remember", "arguments": {"content": "Sent early"}, **meta}),
+            request(3, "initialize", initialize(3, VERSION)["params"]),
+            request(4, "tools/list", meta),
+        ):
+            await raw.send(message)
+        answers = await raw.answers({0, 1, 2, 3, 4})
+        assert await finish(raw) == 0
+    assert {key: len(lines) for key, lines in lines_by_id(raw.lines).items()} == dict.fromkeys(range(5), 1)
+    assert answers[2]["result"]["structuredContent"]["memory"]["author"] == "eager-2026"
+    assert answers[3]["error"]["code"] == -32022  # the SDK saw discover first: a 2026-era connection
+    assert answers[4]["result"] == answers[1]["result"]
+    assert MODERN_FROM_CACHE.format(DISCOVER) in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("client_info", "cached"),
+    [
+        ({"name": "other", "version": "2"}, True),
+        ({"name": "other", "version": "2", "title": "Other"}, True),
+        (None, True),  # absent: the SDK does not require it
+        ({"name": "other"}, False),  # the SDK refuses it: its own error must reach the client
+        ({"name": 5, "version": "2"}, False),
+        ({"name": "other", "version": "2", "icons": []}, False),  # richer: left to the SDK
+    ],
+)
+def test_modern_key_ignores_only_a_plainly_valid_client_info(client_info: Any, cached: bool) -> None:
+    meta = envelope()
+    reference = _modern_key(DISCOVER, {"_meta": meta})
+    assert reference is not None
+    if client_info is None:
+        del meta["io.modelcontextprotocol/clientInfo"]
+    else:
+        meta["io.modelcontextprotocol/clientInfo"] = client_info
+    assert (_modern_key(DISCOVER, {"_meta": meta}) == reference) is cached
+    assert _modern_key(DISCOVER, {"_meta": meta, "cursor": "x"}) != reference
+    assert (
+        _modern_key(DISCOVER, {"_meta": {**envelope(), "io.modelcontextprotocol/protocolVersion": "x"}})
+        != reference
+    )
+    assert _modern_key(DISCOVER, {}) is None and _modern_key("tools/call", {"_meta": envelope()}) is None
+
+
+@pytest.mark.parametrize("key", ["[]", "5", '["tools/call", {}]', "not json"])
+def test_a_cache_with_a_foreign_2026_era_entry_is_ignored(tmp_path: Path, key: str) -> None:
+    path, fingerprint = tmp_path / "cache.json", "f" * 64
+    good = _modern_key(DISCOVER, {"_meta": envelope()})
+    assert good is not None
+    save_cache(
+        path, fingerprint, Cache((VERSION,), VERSION, {}, modern={good: {"supportedVersions": [MODERN]}})
+    )
+    loaded = load_cache(path, fingerprint)
+    assert loaded is not None and loaded.modern == {good: {"supportedVersions": [MODERN]}}
+    data = json.loads(path.read_text())
+    data["modern"][key] = {}
+    path.write_text(json.dumps(data))
+    assert load_cache(path, fingerprint) is None
+
+
+@pytest.mark.anyio
 async def test_session_after_a_warm_start_signs_memories_with_the_client_name(
     db_path: Path, cache_dir: Path, mode: str
 ) -> None:
@@ -181,10 +381,8 @@ async def test_session_after_a_warm_start_signs_memories_with_the_client_name(
     params = StdioServerParameters(command=command, args=args, env=warm_env(db_path, cache_dir))
     client_info = Implementation(name="warm-author", version="1")
     async with Client(params, mode=mode, client_info=client_info) as client:
-        if mode == "legacy":
-            assert client.instructions == MARKER  # the handshake was answered from the cache...
-        else:
-            assert client.instructions != MARKER  # ...while the 2026 era passes through to the SDK
+        # initialize, or server/discover, was answered from the cache (only it knows the marker)
+        assert client.instructions == MARKER
         stored = await client.call_tool("remember", {"content": "Warm starts keep the client's name"})
         assert not stored.is_error, stored.content
         # The author comes from the session's client info: the replayed initialize reached the SDK.
@@ -302,7 +500,8 @@ async def test_a_corrupt_cache_file_is_ignored_and_rewritten(
     assert json.loads(init)["result"] == real["answers"][VERSION]["initialize"]
     assert json.loads(tools)["result"] == real["answers"][VERSION]["tools/list"]
     assert "ignoring the warm-start cache" in (tmp_path / "server.err").read_text()
-    assert json.loads(path.read_text()) == real
+    rewritten = json.loads(path.read_text())  # what this handshake-era start captured
+    assert (rewritten["fingerprint"], rewritten["answers"]) == (real["fingerprint"], real["answers"])
 
 
 def test_servers_starting_together_leave_one_complete_cache(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ so that all stores rank identically. It imports no database driver.
     engine.py    Recall: the entry point; text ranking, pages, hits
     index.py     RecallIndex: the memories' columns and words' postings, in step with the change log
     prefill.py   Prefill: a thread fetching the commonest words' postings ahead
+    snapshot.py  read_snapshot, write_snapshot: the index as a checked file beside the data
     bm25.py      idf, Postings, rank: BM25 from per-word score parts
     filters.py   moments, among: helpers of the index's filters
     lending.py   neighbour lending (NEIGHBOUR_WEIGHT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import anyio
@@ -12,6 +14,12 @@ from soul_mcp.recall.lending import LENDERS, NEIGHBOUR_WEIGHT
 from soul_mcp.recall.query import RANKED_MAX, SearchHit, SearchQuery
 from soul_mcp.recall.source import RecallSource
 from soul_mcp.recall.vectors import VectorCaches
+
+log = logging.getLogger(__name__)
+
+# The preload waits this long after the database opens (or until the first text search), so that
+# the start's own requests (initialize, tools/list) are answered before numpy's import competes.
+PRELOAD_AFTER = 0.1
 
 # The ranking is computed over the same CANDIDATES best matches whatever page is asked for, so that
 # pages never overlap; paging ends there (recall says so), and a narrower query or a filter reaches
@@ -31,6 +39,9 @@ class Recall:
     def __init__(self, source: RecallSource) -> None:
         self.source = source
         self._index: RecallIndex | None = None
+        self._making_index = threading.Lock()
+        self._preloading: threading.Thread | None = None
+        self._preload_now = threading.Event()
         self.vectors = VectorCaches(source)
 
     @property
@@ -38,12 +49,40 @@ class Recall:
         # Made at the first text search, not before: it loads numpy, which a server listing its
         # tools never needs.
         if self._index is None:
-            self._index = RecallIndex(self.source)
+            with self._making_index:  # the preload thread may be making it
+                if self._index is None:
+                    self._index = RecallIndex(self.source)
         return self._index
 
+    def preload(self) -> None:
+        """Have a thread load numpy and read the index's snapshot now, so that the first text search
+        finds them ready (a server calls this once its database is open)."""
+        if self._preloading is None:
+            self._preloading = threading.Thread(
+                target=self._preload, name="soul-mcp-recall-preload", daemon=True
+            )
+            self._preloading.start()
+
+    def _preload(self) -> None:
+        self._preload_now.wait(PRELOAD_AFTER)
+        try:
+            # numpy, and the part of it that np.unique loads at its first call (~10 ms).
+            import numpy.ma  # noqa: F401
+
+            self.index.read_ahead()
+        except Exception:  # the first search does it all itself then
+            log.exception("recall preload failed")
+
     async def close(self) -> None:
+        if self._preloading is not None:
+            self._preload_now.set()
+            await anyio.to_thread.run_sync(self._preloading.join)
         if self._index is not None:
+            # What this process fetched is kept for the next one (a session may end before the
+            # prefill does).
             await anyio.to_thread.run_sync(self._index.stop_prefill)
+            await self._index.save_if_due(closing=True)
+            await anyio.to_thread.run_sync(self._index.join_saving)
 
     async def search(self, query: SearchQuery) -> list[SearchHit]:
         """Active memories matching the query, best first (by `query.order` without terms)."""
@@ -53,6 +92,9 @@ class Recall:
 
     async def _search_text(self, query: SearchQuery) -> list[SearchHit]:
         # 1. The best full-text matches, the same pool of `candidates` whatever page is asked for.
+        if self._preloading is not None and self._preloading.is_alive():
+            self._preload_now.set()
+            await anyio.to_thread.run_sync(self._preloading.join)
         index = self.index
         async with index.lock:
             await index.refresh()
@@ -67,6 +109,7 @@ class Recall:
         # Once the first text search has ranked (not before: the thread would slow it down), the
         # commonest words are fetched ahead.
         index.start_prefill()
+        await index.save_if_due()
         if query.vector is not None:  # hybrid recall, when there are embeddings by its model
             hybrid = await rank_hybrid(query, index, self.vectors, rowids, scores, filters)
             if hybrid is not None:

@@ -21,13 +21,23 @@ What is left of bm25 that moves with writes, the average memory length, moves sl
 fetched again once the number of memories has moved by more than STALE_SHARE since.
 
 Once loaded, the index has the commonest words fetched by a thread of its own (prefill.py).
+
+A new process starts from the snapshot beside the data when there is a valid one (snapshot.py): it
+is the index as of a position of the change log, checked against the log and a sample of memories
+before use, then brought up to date by the changes logged since, like any other process's writes.
+Once the prefill is done, again after SAVE_AFTER changes, and when the engine closes (recall
+right after the start, in the next process), a thread writes it anew; never on a recall's path.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,15 +46,34 @@ from soul_mcp.recall.bm25 import NOTHING, POSTINGS_KEPT, Postings, idf, rank
 from soul_mcp.recall.filters import among, moments
 from soul_mcp.recall.lending import with_neighbours
 from soul_mcp.recall.prefill import Prefill
+from soul_mcp.recall.snapshot import Snapshot, SnapshotWords, read_snapshot, write_snapshot
 from soul_mcp.recall.source import MemoryColumns, RecallSource
 
 if TYPE_CHECKING:
     import numpy as np
 
+log = logging.getLogger(__name__)
+
 STALE_SHARE = 0.05
 # More changed memories than this at once: the columns are read again whole.
 RELOAD_ABOVE = 20_000
 CHANGED_KEPT = 100_000  # the change feed for the vector caches (changes_since)
+SAVE_AFTER = 200  # change log entries applied since the snapshot was read or written: write it anew
+SAVE_WORDS = 100  # words fetched since (a prefill that went on from a snapshot): write it anew
+SNAPSHOT_SAMPLE = 16  # memories whose ids are checked against a snapshot's (a file of another database)
+
+
+def stable_hash(text: str) -> int:
+    """A 63-bit hash that is the same in every process (hash() of a str is not): the columns that
+    hold one are kept in the snapshot."""
+    data = text.encode("utf-8", "surrogatepass")
+    return (zlib.crc32(data) << 31) ^ zlib.adler32(data)
+
+
+def _context(row: MemoryColumns) -> int:
+    # Same author, session and day: the same context.
+    session = "\x00" if row[5] is None else row[5]
+    return stable_hash(f"{row[4]}\x1f{session}\x1f{row[2][:10]}")
 
 
 class RecallIndex:
@@ -58,6 +87,15 @@ class RecallIndex:
         # keeps things per memory elsewhere (the vector caches), read with changes_since.
         self.changed: list[int] = []
         self.changed_start = 0
+        # The snapshot: the log position and epoch of the last one read or written (-1: none), the
+        # epoch of one read (prefill is not needed while its words are held), the thread writing one.
+        self.saved_seq = -1
+        self.saved_epoch = -1
+        self.saved_words = 0
+        self.snapshot_epoch = -1
+        self.snapshot_complete = False  # the snapshot read held every word the prefill fetches
+        self._saving: threading.Thread | None = None
+        self._read_ahead: Snapshot | None = None  # read by read_ahead, for the first refresh
         self._clear()
 
     def _clear(self) -> None:
@@ -85,7 +123,7 @@ class RecallIndex:
     async def refresh(self) -> None:
         """Apply what was written since the last call, by this process or any other."""
         seq = await self.source.change_seq()
-        if not self.loaded:
+        if not self.loaded and not await self._load_snapshot(seq):
             rows = await self.source.memory_columns()
             self._grow(max((r[0] for r in rows), default=0))
             self._set(rows)
@@ -109,7 +147,9 @@ class RecallIndex:
         back = [
             r[0]
             for r in rows
-            if r[1] and r[0] <= top_before and (not self.active[r[0]] or self.memory[r[0]] != hash(r[6]))
+            if r[1]
+            and r[0] <= top_before
+            and (not self.active[r[0]] or self.memory[r[0]] != stable_hash(r[6]))
         ]
         gone = [r for r in changed if r not in present and r <= self.top]
         self._set(rows)
@@ -162,10 +202,10 @@ class RecallIndex:
         self.active[rowids] = active
         self.when[rowids] = moments([r[2] for r in rows])
         self.kind[rowids] = [self.kinds.setdefault(r[3], len(self.kinds)) for r in rows]
-        # Same author, session and day: the same context (a 64-bit hash; a collision would at
-        # worst let two unrelated memories lend each other a part of their score).
-        self.context[rowids] = [hash((r[4], r[5], r[2][:10])) for r in rows]
-        self.memory[rowids] = [hash(r[6]) for r in rows]
+        # A 63-bit hash of the context: a collision would at worst let two unrelated memories lend
+        # each other a part of their score.
+        self.context[rowids] = [_context(r) for r in rows]
+        self.memory[rowids] = [stable_hash(r[6]) for r in rows]
 
     async def postings(self, terms: Sequence[str]) -> list[Postings]:
         """Each query word's postings, fetched or brought up to date as needed. Words are kept by
@@ -244,18 +284,142 @@ class RecallIndex:
 
     def start_prefill(self) -> None:
         """Have the commonest words' postings fetched by a thread (prefill.py), when the source can
-        give that thread a reader of its own."""
-        if self._prefill is None:
+        give that thread a reader of its own; not when a snapshot read gave it every such word."""
+        if self._prefill is None and not (self.snapshot_complete and self.epoch == self.snapshot_epoch):
             open_reader = self.source.blocking_reader()
             if open_reader is not None:
+                held = frozenset(self.words) if self.epoch == self.snapshot_epoch else frozenset()
                 self._prefill = Prefill(
-                    open_reader, self.source.tokenizer, self.top, self.memories, self.epoch
+                    open_reader, self.source.tokenizer, self.top, self.memories, self.epoch, held
                 )
                 self._prefill.start()
 
     def stop_prefill(self) -> None:
         if self._prefill is not None:
             self._prefill.stop()
+
+    def join_saving(self) -> None:
+        if self._saving is not None:
+            self._saving.join(60)
+
+    async def _load_snapshot(self, seq: int) -> bool:
+        """Start from the snapshot beside the data, if there is one and it holds for this database
+        up to `seq`; False otherwise (the columns are then read whole)."""
+        path = self.source.snapshot_path()
+        if path is None:
+            return False
+        snap, self._read_ahead = self._read_ahead, None
+        if snap is None:
+            snap = await anyio.to_thread.run_sync(read_snapshot, path)
+        if snap is None:
+            return False
+        why = await self._mismatch(snap, seq)
+        if why:
+            log.info("recall snapshot %s ignored: %s", path, why)
+            return False
+        self.top, self.memories, self.kinds = snap.top, snap.memories, dict(snap.kinds)
+        for name, column in snap.columns.items():
+            setattr(self, name, column)
+        words = snap.words
+        ends = words.ends.tolist()
+        for key, start, end, upto, memories in zip(
+            words.keys, [0, *ends][:-1], ends, words.upto.tolist(), words.memories.tolist(), strict=True
+        ):
+            self.words[key] = Postings(words.rowids[start:end], words.parts[start:end], upto, memories)
+        self.kept = len(words.rowids)
+        self.seq, self.loaded = snap.seq, True
+        self.saved_seq = snap.seq
+        self.saved_epoch = self.snapshot_epoch = self.epoch
+        self.saved_words = len(self.words)
+        self.snapshot_complete = bool(snap.extra.get("complete"))
+        return True
+
+    def read_ahead(self) -> None:
+        """Read the snapshot (blocking, in a thread) for the first refresh to check and use."""
+        path = self.source.snapshot_path()
+        if path is not None and not self.loaded:
+            self._read_ahead = read_snapshot(path)
+
+    async def _mismatch(self, snap: Snapshot, seq: int) -> str:
+        """Why `snap` does not hold for the source ("" when it does): the log must still hold the
+        entry it was written at, and a sample of its memories must be the source's."""
+        import numpy as np
+
+        if snap.seq > seq:
+            return f"written at change {snap.seq}, past the log's last ({seq})"
+        if snap.seq and await self.source.changed_between(snap.seq - 1, snap.seq) != [snap.seq_rowid]:
+            return f"the change log no longer holds its entry {snap.seq} as it was"
+        changed = set(await self.source.changed_between(snap.seq, seq)) if seq > snap.seq else set()
+        if len(changed) > RELOAD_ABOVE:
+            return f"{len(changed)} memories changed since"
+        held = np.flatnonzero(snap.columns["memory"])
+        sample = {int(r) for r in held[-(SNAPSHOT_SAMPLE // 2) :]}
+        if len(held):
+            spread = np.linspace(0, len(held) - 1, SNAPSHOT_SAMPLE // 2).astype(np.int64)
+            sample |= {int(r) for r in held[spread]}
+        sample -= changed
+        found = {r[0]: stable_hash(r[6]) for r in await self.source.memory_columns(sorted(sample))}
+        if any(found.get(r) != int(snap.columns["memory"][r]) for r in sample):
+            return "its memories are not this database's"
+        return ""
+
+    async def save_if_due(self, closing: bool = False) -> None:
+        """Have a thread write the snapshot, when the prefill is done and none was read or written
+        at this epoch, or SAVE_AFTER changes ago; `closing` (the prefill stopped), whatever it
+        fetched. Takes the lock for a copy of the columns."""
+        if not closing and not self._save_due():
+            return
+        path = self.source.snapshot_path()
+        if path is None:
+            return
+        async with self.lock:
+            self._take_prefilled()
+            if not self._save_due(closing):
+                return
+            seq = self.seq
+            logged = await self.source.changed_between(seq - 1, seq) if seq else [0]
+            if self.seq != seq or len(logged) != 1:
+                return
+            top = self.top
+            columns = {name: getattr(self, name)[: top + 1].copy() for name in COLUMN_NAMES}
+            # Postings arrays are never changed in place: the thread may read them as they are.
+            words = [
+                (k, p.rowids, p.parts, p.upto, p.memories) for k, p in self.words.items() if len(p.rowids)
+            ]
+            complete = (self._prefill is not None and self._prefill.completed) or (
+                self.snapshot_complete and self.epoch == self.snapshot_epoch
+            )
+            snap = Snapshot(
+                seq,
+                logged[0],
+                top,
+                self.memories,
+                dict(self.kinds),
+                columns,
+                _no_words(),
+                {"complete": complete},
+            )
+            self.saved_seq, self.saved_epoch, self.saved_words = seq, self.epoch, len(self.words)
+        self._saving = threading.Thread(
+            target=_write, args=(path, snap, words), name="soul-mcp-recall-snapshot", daemon=True
+        )
+        self._saving.start()
+
+    def _save_due(self, closing: bool = False) -> bool:
+        if not self.loaded or (self._saving is not None and self._saving.is_alive()):
+            return False
+        if not closing and self._prefill is not None and self._prefill.busy():
+            return False
+        if not closing and self._prefill is None and self.epoch != self.snapshot_epoch:
+            return False  # the prefill has not started: the words are not there yet
+        # Closing, any change since is written: the next process then starts from exactly this
+        # index (one that starts from an older snapshot keeps its words' score parts while the
+        # memory count stays within STALE_SHARE, as this process does).
+        return (
+            self.epoch != self.saved_epoch
+            or self.seq - self.saved_seq >= (1 if closing else SAVE_AFTER)
+            or len(self.words) - self.saved_words >= SAVE_WORDS
+        )
 
     def _take_prefilled(self) -> None:
         """Adopt what the prefill thread has fetched so far, unless it was overtaken: postings
@@ -310,3 +474,37 @@ class RecallIndex:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Neighbour lending over a ranking from `rank` (lending.with_neighbours)."""
         return with_neighbours(rowids, scores, lenders, weight, partial(self.keep, **filters), self.context)
+
+
+COLUMN_NAMES = ("active", "when", "kind", "context", "memory")
+
+
+def _no_words() -> SnapshotWords:
+    import numpy as np
+
+    empty = np.zeros(0, dtype=np.int64)
+    return SnapshotWords([], empty, empty, empty, empty, np.zeros(0))
+
+
+def _write(path: Path, snap: Snapshot, words: list[tuple[str, np.ndarray, np.ndarray, int, int]]) -> None:
+    """The snapshot thread: the words end to end, then the file (snapshot.write_snapshot)."""
+    import numpy as np
+
+    try:
+        # A word none of whose memories is in recall is left out: a purged memory's words leave
+        # the file with the next snapshot.
+        active = snap.columns["active"]
+        words = [w for w in words if active[w[1]].any()]
+        lengths = np.array([len(w[1]) for w in words], dtype=np.int64)
+        snap.words = SnapshotWords(
+            [w[0] for w in words],
+            np.cumsum(lengths),
+            np.array([w[3] for w in words], dtype=np.int64),
+            np.array([w[4] for w in words], dtype=np.int64),
+            np.concatenate([w[1] for w in words]) if words else np.zeros(0, dtype=np.int64),
+            np.concatenate([w[2] for w in words]) if words else np.zeros(0),
+        )
+        size = write_snapshot(path, snap)
+        log.info("recall snapshot written: %s, %d bytes, change %d", path, size, snap.seq)
+    except (OSError, ValueError) as exc:  # e.g. a full disk: the next process reads the columns whole
+        log.warning("recall snapshot not written: %s", exc)

@@ -35,9 +35,12 @@ class Prefill:
         top: int,
         memories: int,
         epoch: int,
+        held: frozenset[str] = frozenset(),
     ) -> None:
         self._open_reader, self._tokenizer = open_reader, tokenizer
         self.top, self.memories, self.epoch = top, memories, epoch
+        self.held = held  # words the index holds already (from a snapshot): not fetched again
+        self.completed = False  # every word it meant to fetch was fetched
         self._done: list[tuple[str, Postings]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -54,6 +57,11 @@ class Prefill:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    def busy(self) -> bool:
+        """Still fetching, or holding words not taken yet."""
+        with self._lock:
+            return self._thread.is_alive() or bool(self._done)
 
     def take(self) -> list[tuple[str, Postings]]:
         with self._lock:
@@ -75,7 +83,10 @@ class Prefill:
             for term in terms:
                 if self._stop.is_set():
                     return
-                if tokens.keys([term]) != [term]:  # a match of it would find another token
+                if entries > PREFILL_SHARE * POSTINGS_KEPT:
+                    break
+                # Held already, or a match of it would find another token.
+                if term in self.held or tokens.keys([term]) != [term]:
                     continue
                 rows = reader.word_scores(term)
                 weight = idf(self.memories, len(rows))
@@ -86,8 +97,7 @@ class Prefill:
                     self._done.append((term, Postings(rowids, parts, self.top, self.memories)))
                 self.fetched += 1
                 entries += len(rowids)
-                if entries > PREFILL_SHARE * POSTINGS_KEPT:
-                    return
+            self.completed = True
         except StorageError as exc:  # e.g. the file was removed: recalls fetch words themselves
             log.warning("recall prefill stopped: %s", exc)
         finally:

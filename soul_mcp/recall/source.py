@@ -13,6 +13,7 @@ tuples, lists and dicts; the engine builds its numpy arrays from them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from soul_mcp.models import Memory
@@ -56,6 +57,11 @@ class RecallSource(Protocol):
     def blocking_reader(self) -> Callable[[], BlockingReader] | None:
         """Opens a reader for another thread; None when no other connection can read this store
         (in memory, or a file only readable as it is)."""
+        ...
+
+    def snapshot_path(self) -> Path | None:
+        """Where the recall index may keep its snapshot (recall/snapshot.py), beside the data; None
+        when it should keep none (in memory, or a store this process cannot write)."""
         ...
 
     async def change_seq(self) -> int:

@@ -106,6 +106,8 @@ class SelfHolder:
             self._failure, self._failed_on = failure, (self._file_look(), time.monotonic())
             return
         self._failure = self._failed_on = None
+        # numpy and the recall index's snapshot, read in a thread meanwhile: the first recall is fast.
+        self._self.recall_engine.preload()
         if self._self.semantic is not None:
             # A server embeds memories in the background (started by the first remember or
             # recall, never at start-up: initialize and tools/list stay fast).

@@ -1,23 +1,26 @@
-"""Warm start for `soul-mcp serve`: answer the stdio handshake from a cache while the SDK loads.
+"""Warm start for `soul-mcp serve`: answer a client's opening requests from a cache while the SDK loads.
 
 Why. A host spawns `soul-mcp serve` and waits for the answers to `initialize` and `tools/list`
-before its agent can do anything. Importing the MCP SDK (pydantic building the protocol models)
-takes 0.6 to 0.9 s on a small machine, so a plain start answers after ~0.7 s whatever soul-mcp does.
-Those two answers are the same at every start of the same code, so they are kept in a small JSON
-file and given at once, while a background thread imports the SDK and builds the server.
+(handshake era), or to `server/discover` and `tools/list` (2026-07-28 era), before its agent can do
+anything. Importing the MCP SDK (pydantic building the protocol models) takes about half a second
+or more on a small machine, and a plain start cannot answer before it is done. Those answers are the
+same at every start of the same code, so they are kept in a small JSON file and given at once,
+while a background thread imports the SDK and builds the server.
 
-Everything else stays the SDK's work. It receives every message the client sent, in order, the
-`initialize` answered early included (so its session knows the client's name and capabilities:
-memories are signed with that name); its own answers to ids that were already answered are dropped
-on the way out. Nothing here builds protocol objects, and beyond the stdio guard nothing parses more
-than those two requests.
+Everything else stays the SDK's work. It receives every message the client sent, in order, except
+a `tools/list` answered early (and, in the 2026 era, any request answered early but the first): the
+`initialize` answered early reaches it (so its session knows the client's name and capabilities:
+memories are signed with that name), and so does a first 2026-era request (the first request
+settles the connection's era, for the SDK as here). Its own answers to ids that were already
+answered are dropped on the way out. Nothing here builds protocol objects, and beyond the stdio
+guard nothing parses more than those requests.
 
     stdin ─▶ reader thread ─▶ inbox ─┬─▶ before the server is ready: the main thread answers
-                                     │   initialize and tools/list from the cache, keeps the rest
+                                     │   the opening requests from the cache, keeps the rest
                                      └─▶ once ready: _LineSource ─▶ the SDK's stdio_server ─▶ server
                                          (the stdio guard: answers, via _Wire, what the SDK would drop)
-    stdout ◀─ _Wire ◀─ _Sink ◀─ SDK (drops answers already given; copies new handshake answers
-                                      into the cache)
+    stdout ◀─ _Wire ◀─ _Sink ◀─ SDK (drops answers already given; copies new answers to
+                                      opening requests into the cache)
 
 The stdio guard (stdio_guard.py): the SDK drops a line it cannot parse (invalid JSON or UTF-8, a
 lone surrogate, params that are not an object, an id of the wrong type) without answering, so the
@@ -31,9 +34,13 @@ files, the installed mcp, mcp-types, pydantic and pydantic-core, the Python vers
 and the SOUL_MCP_* environment. For each negotiated protocol version it holds the `result` objects
 the SDK itself wrote for `initialize` and for `tools/list`, and it stores the SDK's negotiation rule
 (the handshake-era versions and the latest one) so that the early answer names the version the SDK
-will settle on. A missing, stale or corrupt file (ignored, logged at debug level) means a start
-like a plain one, during which the SDK's answers are captured and the file is rewritten (a
-temporary file and os.replace, so concurrent starts never leave a torn file).
+will settle on. 2026-era answers are kept per request: each request carries its protocol version
+and the client's capabilities in `params._meta`, so the key is the method and the whole params but
+the client's name and version (which neither answer reads, and which are answered early only when
+plainly valid); a request is answered early only when the SDK already answered the same one, and
+the newest 16 such entries are kept. A missing, stale or corrupt file (ignored, logged at debug
+level) means a start like a plain one, during which the SDK's answers are captured and the file
+is rewritten (a temporary file and os.replace, so concurrent starts never leave a torn file).
 
 Where the SDK offers no public call, this reaches into it (server/sdk_private.py: the low-level
 server under MCPServer, to run it on these streams). Should an SDK release move that, the server
@@ -49,9 +56,10 @@ reaches the command line as it would without any of this (traceback on stderr, e
 This relies on one rule for the rest of the server: what `initialize` and `tools/list` answer may
 depend on the code, the installed packages and the settings, never on the database's content.
 
-Not accelerated, only passed through: clients of the 2026-07-28 era (no handshake: they open with
-`server/discover`), and a handshake at a protocol version the cache does not hold yet. Their
-messages wait, in order, until the SDK is ready, as in a plain start. SOUL_MCP_WARM_START=0 turns
+Not accelerated, only passed through: a handshake at a protocol version the cache does not hold
+yet, a 2026-era request the SDK has not answered before (other capabilities, a cursor), a request
+of the other era than the first one, and everything after a malformed first line. Their messages
+wait, in order, until the SDK is ready, as in a plain start. SOUL_MCP_WARM_START=0 turns
 the cache off: the server runs as `MCPServer.run()` would, but reads and writes through the same
 reader, guard and _Wire.
 """
@@ -88,18 +96,23 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "SOUL_MCP_CACHE_DIR"
 WARM_START_ENV = "SOUL_MCP_WARM_START"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # Cache files of other installs (another venv, an older version) are deleted once this old.
 _STALE_AFTER_S = 30 * 86_400
 INITIALIZE = "initialize"
 TOOLS_LIST = "tools/list"
+DISCOVER = "server/discover"
 # Variables that cannot change what initialize and tools/list say. Every other SOUL_MCP_* variable
 # is part of the fingerprint, in case one ever shapes a tool description.
 _ENV_OUTSIDE_FINGERPRINT = frozenset({"SOUL_MCP_DB", "SOUL_MCP_LOG_LEVEL", CACHE_DIR_ENV, WARM_START_ENV})
 # Installed packages whose code shapes the two answers (the SDK, its types, the schema generator).
 _PACKAGES = ("mcp", "mcp_types", "pydantic", "pydantic_core")
-# The 2026-07-28 envelope key: a request carrying it belongs to the other protocol era.
+# The 2026-07-28 envelope keys: a request carrying the first belongs to that protocol era.
 _MODERN_ENVELOPE_KEY = "io.modelcontextprotocol/protocolVersion"
+_CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
+# 2026-era answers are kept per request (envelope included), so each host's requests have their
+# own entry; the newest this many are kept.
+_MODERN_ENTRIES = 16
 # Once the server is ready, this many client messages are still looked at for a handshake whose
 # answer is worth caching; a session that has not asked by then is not going to.
 _WATCH_LIVE_MESSAGES = 16
@@ -117,12 +130,15 @@ _IdKey = tuple[str, "int | str"]
 
 @dataclass
 class Cache:
-    """Handshake answers the SDK gave, per negotiated protocol version, and its negotiation rule."""
+    """Handshake answers the SDK gave, per negotiated protocol version, and its negotiation rule;
+    2026-era answers per request."""
 
     handshake_versions: tuple[str, ...]
     latest_handshake: str
     # negotiated version -> method ("initialize" or "tools/list") -> the JSON-RPC `result` object
     answers: dict[str, dict[str, dict[str, Any]]]
+    # _modern_key of a server/discover or tools/list request -> the `result` object, oldest first
+    modern: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def negotiate(self, requested: object) -> str:
         """The SDK's rule (mcp.server.runner, `_negotiate_initialize`): the client's version when
@@ -226,7 +242,15 @@ def _parse_cache(data: Any, expected_fingerprint: str) -> Cache:
             if method == INITIALIZE and result.get("protocolVersion") != version:
                 raise ValueError(f"initialize answer filed under the wrong version {version!r}")
         answers[version] = dict(methods)
-    return Cache(handshake_versions=versions, latest_handshake=latest, answers=answers)
+    modern: dict[str, dict[str, Any]] = {}
+    for key, result in data["modern"].items():
+        request = json.loads(key)
+        if not isinstance(request, list) or request[:1] not in ([DISCOVER], [TOOLS_LIST]):
+            raise ValueError("malformed 2026-era request key")
+        if not isinstance(result, dict):
+            raise ValueError(f"malformed 2026-era answer for {request[0]!r}")
+        modern[key] = result
+    return Cache(handshake_versions=versions, latest_handshake=latest, answers=answers, modern=modern)
 
 
 def save_cache(path: Path, expected_fingerprint: str, new: Cache) -> None:
@@ -240,6 +264,10 @@ def save_cache(path: Path, expected_fingerprint: str, new: Cache) -> None:
     answers = {v: dict(m) for v, m in current.answers.items()} if current else {}
     for version, methods in new.answers.items():
         answers.setdefault(version, {}).update(methods)
+    modern = dict(current.modern) if current else {}
+    for key, result in new.modern.items():
+        modern.pop(key, None)  # to the end: the newest
+        modern[key] = result
     data = {
         "format": CACHE_FORMAT,
         "fingerprint": expected_fingerprint,
@@ -247,6 +275,7 @@ def save_cache(path: Path, expected_fingerprint: str, new: Cache) -> None:
         "handshake_versions": list(new.handshake_versions),
         "latest_handshake": new.latest_handshake,
         "answers": answers,
+        "modern": dict(list(modern.items())[-_MODERN_ENTRIES:]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".warm-start-", suffix=".tmp", dir=path.parent)
@@ -326,6 +355,52 @@ def _plain_tools_list(params: object) -> bool:
     return meta is None or (isinstance(meta, dict) and _MODERN_ENVELOPE_KEY not in meta)
 
 
+def _well_formed_request(message: dict[str, Any]) -> bool:
+    """A request the stdio guard will pass to the SDK as one (a valid id, params an object)."""
+    return (
+        message.get("jsonrpc") == "2.0"
+        and isinstance(message.get("method"), str)
+        and _id_key(message.get("id")) is not None
+        and (message.get("params") is None or isinstance(message["params"], dict))
+        and "result" not in message
+        and "error" not in message
+    )
+
+
+def _opens_modern(method: str, params: object) -> bool:
+    """The SDK's rule (mcp.server.runner, `serve_dual_era_loop`): the first request opens a 2026-era
+    connection when it is not `initialize` and its `_meta` carries the protocol-version key."""
+    if method == INITIALIZE or not isinstance(params, dict):
+        return False
+    meta = params.get("_meta")
+    return isinstance(meta, dict) and _MODERN_ENVELOPE_KEY in meta
+
+
+def _modern_key(method: str, params: object) -> str | None:
+    """What the SDK's answer to a 2026-era `server/discover` or `tools/list` depends on: the method
+    and the params, envelope included, except the client's name and version, which neither answer
+    reads. None when the client info is not plainly valid: the SDK decides about it."""
+    if method not in (DISCOVER, TOOLS_LIST) or not _opens_modern(method, params):
+        return None
+    assert isinstance(params, dict)
+    meta = dict(params["_meta"])
+    if _CLIENT_INFO_KEY in meta and not _plain_client_info(meta.pop(_CLIENT_INFO_KEY)):
+        return None
+    return json.dumps(
+        [method, {**params, "_meta": meta}], sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def _plain_client_info(info: object) -> bool:
+    """A client info the SDK's Implementation model accepts: a name and a version, and at most a
+    title and a description, all strings. Anything richer is left to the SDK to judge."""
+    return (
+        isinstance(info, dict)
+        and {"name", "version"} <= info.keys() <= {"name", "version", "title", "description"}
+        and all(isinstance(value, str) for value in info.values())
+    )
+
+
 class _Handshake:
     """What the client asked and what has been answered, shared by the threads that move messages.
 
@@ -338,11 +413,15 @@ class _Handshake:
         self._cache = cache
         self._path = path
         self._fingerprint = expected_fingerprint
-        self._first_request_seen = False
+        # The connection's era, as the SDK will settle it from the first request: "handshake",
+        # "2026", or "unsure" when a malformed line came first (nothing is answered early then).
+        self._era: str | None = None
         self._version: str | None = None  # the connection's negotiated handshake-era version
         self._answered: Counter[_IdKey] = Counter()  # answered early: drop the SDK's answer
-        self._capture: dict[_IdKey, str] = {}  # request id -> method whose answer goes to the cache
+        # request id -> (method, _modern_key or None) of an answer that goes to the cache
+        self._capture: dict[_IdKey, tuple[str, str | None]] = {}
         self._captured: dict[str, dict[str, dict[str, Any]]] = {}
+        self._captured_modern: dict[str, dict[str, Any]] = {}
         self._rule: tuple[tuple[str, ...], str] | None = None
         self._save_lock = threading.Lock()  # one cache write at a time, each with all captured so far
         self._live_budget = _WATCH_LIVE_MESSAGES
@@ -363,10 +442,13 @@ class _Handshake:
         """A client message that arrived before the server was ready.
 
         Returns the answer to write now (or None) and whether the server must still see the
-        message. Only the first request may be an `initialize` answered here (after anything else
-        the SDK may have settled on the other era); `tools/list` is answered here once initialize
-        was, and is then not passed on. A message the SDK's parser would refuse is left to the
-        stdio guard, which answers it once the server is ready.
+        message. The first request settles the era, as it does for the SDK. Handshake era: only
+        the first request may be an `initialize` answered here; `tools/list` is answered here once
+        initialize was, and is then not passed on. 2026 era: `server/discover` and `tools/list`
+        are answered when the cache holds the SDK's answer to the same request; the first request
+        is passed on all the same (it settles the SDK's era), the others are not. A message the
+        SDK's parser would refuse is left to the stdio guard, which answers it once the server is
+        ready.
         """
         try:
             message = loads_as_the_sdk(line)
@@ -377,23 +459,44 @@ class _Handshake:
         with self._lock:
             if message is None or not isinstance(message.get("method"), str):
                 self.needs_server = True  # malformed, or a response: the guard or the SDK deals with it
+                if message is None or "id" in message:
+                    self._era = self._era or "unsure"
                 return None, True
             if "id" not in message:
                 return None, True  # a notification needs no answer
             method, key, params = message["method"], _id_key(message["id"]), message.get("params")
-            first = not self._first_request_seen
-            self._first_request_seen = True
-            if method == INITIALIZE and first and key is not None:
-                answer = self._initialize_from_cache(key, params)
+            first = self._era is None
+            if first:
+                if not _well_formed_request(message):
+                    self._era = "unsure"
+                else:
+                    self._era = "2026" if _opens_modern(method, params) else "handshake"
+            modern_key = _modern_key(method, params)
+            if key is not None and _well_formed_request(message):
+                answer, keep = self._from_cache(key, method, params, modern_key, first)
                 if answer is not None:
-                    return answer, True  # the SDK still needs it: it sets up the session
-            if method == TOOLS_LIST and key is not None and _plain_tools_list(params):
-                answer = self._tools_list_from_cache(key[1])
-                if answer is not None:
-                    return answer, False
-            self._watch(key, method)
+                    return answer, keep
+            self._watch(key, method, modern_key)
             self.needs_server = True
             return None, True
+
+    def _from_cache(
+        self, key: _IdKey, method: str, params: Any, modern_key: str | None, first: bool
+    ) -> tuple[bytes | None, bool]:
+        if self._era == "handshake":
+            if method == INITIALIZE and first:
+                # The SDK still needs it: it sets up the session.
+                return self._initialize_from_cache(key, params), True
+            if method == TOOLS_LIST and _plain_tools_list(params):
+                return self._tools_list_from_cache(key[1]), False
+        elif self._era == "2026" and modern_key is not None and self._cache is not None:
+            result = self._cache.modern.get(modern_key)
+            if result is not None:
+                if first:
+                    self._answered[key] += 1
+                log.debug("answered %s (2026 era) from the warm-start cache", method)
+                return _response(key[1], result), first
+        return None, True
 
     def _initialize_from_cache(self, key: _IdKey, params: Any) -> bytes | None:
         if self._cache is None or not _plausible_initialize(params):
@@ -416,9 +519,9 @@ class _Handshake:
         log.debug("answered tools/list from the warm-start cache")
         return _response(request_id, result)
 
-    def _watch(self, key: _IdKey | None, method: str) -> None:
-        if key is not None and method in (INITIALIZE, TOOLS_LIST):
-            self._capture[key] = method
+    def _watch(self, key: _IdKey | None, method: str, modern_key: str | None) -> None:
+        if key is not None and (modern_key is not None or method in (INITIALIZE, TOOLS_LIST)):
+            self._capture[key] = (method, modern_key)
 
     def live(self, line: bytes) -> None:
         """A client message on its way to the ready server: note a handshake request whose answer
@@ -427,12 +530,13 @@ class _Handshake:
         if self._live_budget <= 0:
             return
         self._live_budget -= 1
-        if b'"initialize"' not in line and b'"tools/list"' not in line:
+        if not any(method in line for method in (b'"initialize"', b'"tools/list"', b'"server/discover"')):
             return
         message = _parse(line)
         if message is not None and "id" in message and isinstance(message.get("method"), str):
+            method = message["method"]
             with self._lock:
-                self._watch(_id_key(message["id"]), message["method"])
+                self._watch(_id_key(message["id"]), method, _modern_key(method, message.get("params")))
 
     def outgoing(self, text: str) -> tuple[bool, bool]:
         """A message the SDK writes: (write it to the client?, is there something new to cache?)."""
@@ -450,26 +554,34 @@ class _Handshake:
                 if self._answered[key] == 0:
                     del self._answered[key]
                 if "error" in message:
-                    # Only a malformed request gets here (_plausible_initialize lets the obvious
-                    # ones through to the SDK): the client already has the cached success.
+                    # Only a malformed request gets here (_plausible_initialize and _modern_key
+                    # let the obvious ones through to the SDK): the client already has the
+                    # cached success.
                     log.warning(
-                        "the server refused an initialize that was answered from the warm-start cache: %s",
+                        "the server refused a request that was answered from the warm-start cache: %s",
                         message["error"],
                     )
                 return False, False
-            method = self._capture.pop(key, None)
-            return True, method is not None and self._keep(method, message.get("result"))
+            watched = self._capture.pop(key, None)
+            return True, watched is not None and self._keep(*watched, message.get("result"))
 
-    def _keep(self, method: str, result: Any) -> bool:
-        if not isinstance(result, dict):
-            return False  # an error: nothing to cache
+    def _keep(self, method: str, modern_key: str | None, result: Any) -> bool:
+        if not isinstance(result, dict) or "nextCursor" in result:
+            return False  # an error or a partial list: nothing to cache
+        if modern_key is not None:
+            # Answered, so the SDK accepted the request on a 2026-era connection (a handshake-era
+            # one refuses an enveloped request).
+            if self._cache is not None and self._cache.modern.get(modern_key) == result:
+                return False
+            self._captured_modern[modern_key] = result
+            return True
         if method == INITIALIZE:
             version = result.get("protocolVersion")
             if not isinstance(version, str):
                 return False
             self._version = version
-        elif self._version is None or "nextCursor" in result:
-            return False  # not a handshake-era connection, or a partial list
+        elif self._version is None:
+            return False  # not a handshake-era connection
         else:
             version = self._version
         known = self._cache.answers.get(version, {}).get(method) if self._cache else None
@@ -486,12 +598,13 @@ class _Handshake:
     def _save(self) -> None:
         with self._save_lock:
             with self._lock:
-                if self._rule is None or not self._captured:
+                if self._rule is None or not (self._captured or self._captured_modern):
                     return
                 new = Cache(
                     handshake_versions=self._rule[0],
                     latest_handshake=self._rule[1],
                     answers={v: dict(m) for v, m in self._captured.items()},
+                    modern=dict(self._captured_modern),
                 )
             try:
                 save_cache(self._path, self._fingerprint, new)
@@ -713,7 +826,7 @@ def _serve_warm(settings: Settings, wire: _Wire, handshake: _Handshake, started:
     if missing is not None:
         log.warning("%s; starting as MCPServer.run() does, without the warm start", missing)
         if handshake.answered_early:
-            log.warning("the client may see a second answer to its initialize (one came from the cache)")
+            log.warning("the client may see a second answer to its first request (one came from the cache)")
         _serve_with_the_sdk_transport(server, wire, kept, inbox, eof)
         return 0
 

@@ -39,7 +39,13 @@ from soul_mcp.models import (
     StoreDiagnosis,
     TokenInfo,
 )
-from soul_mcp.storage.schema import MIGRATIONS, SCHEMA_VERSION, split_statements
+from soul_mcp.storage.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SQL_FUNCTIONS,
+    content_digest,
+    split_statements,
+)
 from soul_mcp.storage.sqlite_embeddings import SQLiteEmbeddings
 from soul_mcp.storage.sqlite_recall import SQLiteRecall
 from soul_mcp.storage.sqlite_rows import MEMORY_COLUMNS, memory_filters, memory_from_row
@@ -257,7 +263,7 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
         cursor = await db.execute(
             "INSERT INTO memories (id, content, content_key, kind, tags, importance, occurred_at, about, "
             "created_at, author, session_id, supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (memory_id, new.content, new.content_key, new.kind, tags_json, new.importance,
+            (memory_id, new.content, content_digest(new.content_key), new.kind, tags_json, new.importance,
              new.occurred_at, about_text(new.kind, new.occurred_at), created_at, new.author,
              new.session_id, supersedes),
         )  # fmt: skip
@@ -281,7 +287,7 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
     async def _active_duplicate(self, db: aiosqlite.Connection, content_key: str) -> Memory | None:
         cursor = await db.execute(
             f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE content_key = ? AND status = 'active'",
-            (content_key,),
+            (content_digest(content_key),),
         )
         row = await cursor.fetchone()
         return memory_from_row(row) if row else None
@@ -651,7 +657,9 @@ async def _check_schema(db: aiosqlite.Connection, path: Path) -> int:
 
 async def _migrate(db: aiosqlite.Connection) -> int:
     """Bring the schema to SCHEMA_VERSION; returns the version found. Safe when several processes
-    open a new file at once."""
+    open a new file at once: the first takes the write lock, the others wait and find it done."""
+    for name, function in SQL_FUNCTIONS.items():
+        await db.create_function(name, 1, function, deterministic=True)
     await db.execute("BEGIN IMMEDIATE")
     try:
         cursor = await db.execute("PRAGMA user_version")

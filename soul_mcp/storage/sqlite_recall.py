@@ -106,6 +106,7 @@ class SQLiteRecall:
 
     if TYPE_CHECKING:
         path: Path
+        read_only: str | None
         _source: str
         _fetchall: Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
@@ -118,6 +119,11 @@ class SQLiteRecall:
             return None
         path = self.path
         return lambda: SQLiteBlockingReader(path)
+
+    def snapshot_path(self) -> Path | None:
+        if str(self.path) == ":memory:" or self.read_only is not None:
+            return None
+        return Path(f"{self.path}-recall")
 
     async def change_seq(self) -> int:
         ((seq,),) = await self._fetchall("SELECT coalesce(max(seq), 0) FROM memory_changes", ())
