@@ -15,6 +15,7 @@ from soul_mcp.storage.base import Store
 # Imported with the domain, as before this module existed: the server's warm start imports it ahead
 # of the first request, so that opening the database at the first request does not wait for it.
 from soul_mcp.storage.sqlite import SQLiteStore
+from soul_mcp.storage.sqlite_recall import snapshot_file
 
 if TYPE_CHECKING:
     from soul_mcp.semantic.indexer import SemanticIndexer
@@ -36,3 +37,29 @@ def open_semantic(settings: Settings) -> SemanticIndexer | None:
         return await SQLiteStore.open(Path(settings.db_path), settings.synchronous)
 
     return SemanticIndexer.from_settings(settings.semantic, open_embedding_store)
+
+
+def read_ahead(settings: Settings) -> None:
+    """Read what the first recall needs (numpy, the recall index's snapshot), blocking: a server
+    calls this from a thread as it starts, so that it is done while the MCP SDK imports. With
+    hybrid recall on, also the file of vectors beside the snapshot; when it holds vectors of the
+    local model, that model is loaded too, on its own thread (without them, recall never embeds a
+    query, and the model stays unloaded)."""
+    path = snapshot_file(Path(settings.db_path))
+    if path is None:
+        return
+    from soul_mcp.recall.snapshot import read_early
+
+    read_early(path)
+    if settings.semantic.mode == "off":
+        return
+    from soul_mcp.recall.vectors import read_early as read_vectors_early
+    from soul_mcp.recall.vectors import vectors_file
+    from soul_mcp.semantic.embedders import embedder_for
+
+    stored = read_vectors_early(vectors_file(path))
+    embedder = embedder_for(settings.semantic)
+    if stored is not None and embedder is not None and stored.model == embedder.name:
+        load_soon = getattr(embedder, "load_soon", None)  # LocalE5's; an endpoint loads nothing
+        if load_soon is not None:
+            load_soon()

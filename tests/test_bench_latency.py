@@ -40,7 +40,7 @@ def test_natural_corpus_has_the_issues_shape() -> None:
 
 def test_fresh_mode_reports_each_era_from_fresh_servers(tmp_path: Path) -> None:
     out = tmp_path / "fresh.json"
-    argv = ["--sizes", "200", "--fresh", "--fresh-runs", "1", "--fresh-remembers", "2"]
+    argv = ["--sizes", "200", "--fresh", "--fresh-runs", "1", "--fresh-remembers", "2", "--earlier-gap", "0"]
     argv += ["--workdir", str(tmp_path), "--json", str(out)]
     assert anyio.run(bench.main, argv) == 0
     (size,) = json.loads(out.read_text())["sizes"]
@@ -50,3 +50,9 @@ def test_fresh_mode_reports_each_era_from_fresh_servers(tmp_path: Path) -> None:
         assert era["runs"] == 1
         assert era["early"]["n"] == 50 and era["late"]["n"] == 50
         assert era["after_write"]["n"] == 2
+        assert era["ready_s"]["median"] > 0 and era["tools_list_s"]["median"] <= era["ready_s"]["median"]
+    short = size["after_short_session"]
+    assert short["first_recall_without_snapshot_ms"] > 0
+    assert short["early"]["n"] == 50 and short["late"]["n"] == 50
+    # The copy it measured on is gone; the measured database and its snapshot stay.
+    assert not list(tmp_path.glob("*-short.db*"))

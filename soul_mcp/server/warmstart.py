@@ -772,9 +772,11 @@ def serve_stdio(settings: Settings) -> int:
 
 def _serve_plain(settings: Settings) -> int:
     """No cache, but the same reader, guard and writer as the warm start."""
-    from soul_mcp.server.app import build_server
+    _read_ahead(settings)
+    from soul_mcp.server.app import build_server, freeze_startup_heap
 
     server = build_server(settings)
+    freeze_startup_heap()
     missing = _sdk_internals_missing(server)
     if missing is not None:
         log.warning("%s; starting without the stdio guard, as MCPServer.run() does", missing)
@@ -803,6 +805,7 @@ def _serve_warm(settings: Settings, wire: _Wire, handshake: _Handshake, started:
     inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
     loader = threading.Thread(target=_load, args=(settings, handshake, inbox, started), name="soul-mcp-load")
     loader.start()
+    _read_ahead(settings)
     threading.Thread(
         target=_read_client, args=(wire.stdin_fd, inbox), name="soul-mcp-stdin", daemon=True
     ).start()
@@ -834,6 +837,20 @@ def _serve_warm(settings: Settings, wire: _Wire, handshake: _Handshake, started:
 
     anyio.run(_run_server, server, _LineSource(kept, inbox, handshake, eof, wire), _Sink(wire, handshake))
     return 0
+
+
+def _read_ahead(settings: Settings) -> None:
+    """A thread reads what the first recall needs while the SDK imports (opening.read_ahead)."""
+
+    def read() -> None:
+        try:
+            from soul_mcp.opening import read_ahead
+
+            read_ahead(settings)
+        except Exception:  # the first recall reads it itself then
+            log.debug("reading ahead for the first recall failed", exc_info=True)
+
+    threading.Thread(target=read, name="soul-mcp-read-ahead", daemon=True).start()
 
 
 def _answer_until_ready(
@@ -872,9 +889,10 @@ def _load(
         import anyio  # noqa: F401 - loaded here so that the main thread finds it ready
         import mcp.server.stdio  # noqa: F401
 
-        from soul_mcp.server.app import build_server
+        from soul_mcp.server.app import build_server, freeze_startup_heap
 
         server = build_server(settings)
+        freeze_startup_heap()
     except BaseException as exc:  # re-raised by the main thread: a failed start exits non-zero
         inbox.put((_FAILED, exc))
         return

@@ -44,11 +44,20 @@ from soul_mcp.storage.schema import (
     SCHEMA_VERSION,
     SQL_FUNCTIONS,
     content_digest,
+    kind_code,
+    memory_id_key,
     split_statements,
+    stored_time,
 )
 from soul_mcp.storage.sqlite_embeddings import SQLiteEmbeddings
 from soul_mcp.storage.sqlite_recall import SQLiteRecall
-from soul_mcp.storage.sqlite_rows import MEMORY_COLUMNS, memory_filters, memory_from_row
+from soul_mcp.storage.sqlite_rows import (
+    BY_TIME,
+    MEMORY_COLUMNS,
+    memory_filters,
+    memory_from_row,
+    stored_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +72,8 @@ def new_memory_id() -> str:
 
 
 def about_text(kind: str, occurred_at: str) -> str:
-    """Index words for what the content may not say: 'event Monday 8 May 2023'."""
+    """Index words for what the content may not say: 'event Monday 8 May 2023'. The memories
+    table computes them in SQL (its `about` column, schema migration 7); this is their reference."""
     from datetime import date
 
     day = date.fromisoformat(occurred_at[:10])
@@ -138,6 +148,8 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
         try:
             opened.append(writer := await _connect(target, path, synchronous, read_only is not None))
             schema_before = await (_check_schema(writer, path) if read_only else _migrate(writer))
+            if read_only is None and 0 < schema_before < REBUILT_IN <= SCHEMA_VERSION:
+                await _compact(writer)
             opened.append(reader := await _connect(target, path, synchronous, read_only is not None))
             await reader.execute("PRAGMA query_only = ON")
         except BaseException:
@@ -260,11 +272,14 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
                              supersedes: str | None = None) -> Memory:  # fmt: skip
         memory_id = new_memory_id()
         tags_json = json.dumps(new.tags, ensure_ascii=False)
+        # id, kind, occurred_at, created_at and about are computed from these (schema migration 7).
         cursor = await db.execute(
-            "INSERT INTO memories (id, content, content_key, kind, tags, importance, occurred_at, about, "
-            "created_at, author, session_id, supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (memory_id, new.content, content_digest(new.content_key), new.kind, tags_json, new.importance,
-             new.occurred_at, about_text(new.kind, new.occurred_at), created_at, new.author,
+            "INSERT INTO memories (id_key, content, content_key, kind_code, tags, importance, occurred_unix, "
+            "created_unix, author, session_id, supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (memory_id_key(memory_id), new.content, content_digest(new.content_key), kind_code(new.kind),
+             tags_json, new.importance,
+             stored_seconds(new.occurred_at),
+             None if created_at == new.occurred_at else stored_seconds(created_at), new.author,
              new.session_id, supersedes),
         )  # fmt: skip
         rowid = cursor.lastrowid
@@ -300,11 +315,15 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
             return await self._insert_memory(db, new, created_at), True
 
     async def get_memory(self, memory_id: str) -> Memory | None:
-        row = await self._fetchone(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = ?", (memory_id,))
+        row = await self._fetchone(
+            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id_key = ?", (memory_id_key(memory_id),)
+        )
         return memory_from_row(row) if row else None
 
     async def _require(self, db: aiosqlite.Connection, memory_id: str) -> Memory:
-        cursor = await db.execute(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = ?", (memory_id,))
+        cursor = await db.execute(
+            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id_key = ?", (memory_id_key(memory_id),)
+        )
         row = await cursor.fetchone()
         if row is None:
             raise NotFound(f"no memory has the id {memory_id!r}; ids look like 'm_1a2b3c4d5e6f' (see recall)")
@@ -324,8 +343,8 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
             if status == "active":
                 cursor = await db.execute(
                     "SELECT m2.id FROM memories m1 JOIN memories m2 ON m2.content_key = m1.content_key "
-                    "WHERE m1.id = ? AND m2.status = 'active'",
-                    (memory_id,),
+                    "WHERE m1.id_key = ? AND m2.status = 'active'",
+                    (memory_id_key(memory_id),),
                 )
                 twin = await cursor.fetchone()
                 if twin is not None:
@@ -333,8 +352,8 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
                         f"memory {memory_id} cannot be restored: {twin[0]} holds the same content and is active"
                     )
             await db.execute(
-                "UPDATE memories SET status = ?, status_reason = ?, status_changed_at = ? WHERE id = ?",
-                (status, reason, changed_at, memory_id),
+                "UPDATE memories SET status = ?, status_reason = ?, status_changed_at = ? WHERE id_key = ?",
+                (status, reason, changed_at, memory_id_key(memory_id)),
             )
             return await self._require(db, memory_id)
 
@@ -351,8 +370,8 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
             # Leave recall first, so the revision may keep the same normalised content.
             await db.execute(
                 "UPDATE memories SET status = 'superseded', status_reason = ?, status_changed_at = ? "
-                "WHERE id = ?",
-                (reason, created_at, memory_id),
+                "WHERE id_key = ?",
+                (reason, created_at, memory_id_key(memory_id)),
             )
             twin = await self._active_duplicate(db, new.content_key)
             if twin is not None:
@@ -360,7 +379,10 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
                     f"the revised content is already stored as memory {twin.id}; forget {memory_id} instead"
                 )
             revised = await self._insert_memory(db, new, created_at, supersedes=memory_id)
-            await db.execute("UPDATE memories SET superseded_by = ? WHERE id = ?", (revised.id, memory_id))
+            await db.execute(
+                "UPDATE memories SET superseded_by = ? WHERE id_key = ?",
+                (revised.id, memory_id_key(memory_id)),
+            )
             return await self._require(db, memory_id), revised
 
     async def purge_memory(self, memory_id: str) -> None:
@@ -372,7 +394,7 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
                     "(forget it first)"
                 )
             await db.execute("UPDATE memories SET superseded_by = NULL WHERE superseded_by = ?", (memory_id,))
-            await db.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
+            await db.execute("DELETE FROM memories WHERE id_key = ?", (memory_id_key(memory_id),))
 
     # Sessions and counts -----------------------------------------------------------------------
 
@@ -384,7 +406,13 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
             )
 
     async def stats(self) -> Stats:
-        counts = dict(await self._fetchall("SELECT status, count(*) FROM memories GROUP BY status"))
+        # Two parts, so that each counts along one of the partial indexes instead of the whole table.
+        counts = dict(
+            await self._fetchall(
+                "SELECT 'active', count(*) FROM memories WHERE status = 'active' UNION ALL "
+                "SELECT status, count(*) FROM memories WHERE status <> 'active' GROUP BY status"
+            )
+        )
         versions = dict(
             await self._fetchall("SELECT document, count(*) FROM document_versions GROUP BY document")
         )
@@ -516,8 +544,9 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
         for sql, count_field, time_field in (
             ("SELECT client, count(*), max(started_at) FROM sessions GROUP BY client", "sessions",
              "last_session_at"),
-            ("SELECT author, count(*), max(created_at) FROM memories GROUP BY author", "memories",
-             "last_memory_at"),
+            # The latest time as seconds, made text once per author rather than once per memory.
+            (f"SELECT author, count(*), {stored_time('max(coalesce(created_unix, occurred_unix))')} "
+             "FROM memories GROUP BY author", "memories", "last_memory_at"),
             ("SELECT author, count(*), max(created_at) FROM document_versions GROUP BY author", "versions",
              "last_version_at"),
         ):  # fmt: skip
@@ -541,14 +570,27 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
         offset: int,
         limit: int,
     ) -> tuple[list[Memory], int]:
-        where, params = memory_filters(statuses, kind, tags, since, until)
-        condition = " AND ".join(where)
+        # Active memories and the others each have their own (partial) index by time: a listing of
+        # both reads the two and merges them, rather than every row of the table.
+        parts = [part for part in (tuple(s for s in statuses if s == "active"),
+                                   tuple(s for s in statuses if s != "active")) if part]  # fmt: skip
+        if not parts:
+            return [], 0
+        selects, counts, params = [], [], []
+        for part in parts:
+            where, part_params = memory_filters(part, kind, tags, since, until)
+            condition = " AND ".join(where)
+            selects.append(f"SELECT m.rowid AS r, m.occurred_unix AS t FROM memories m WHERE {condition}")
+            counts.append(f"(SELECT count(*) FROM memories m WHERE {condition})")
+            params += part_params
+        # The page's rowids first, then its rows: SQLite would otherwise compute the time text of
+        # every row it sorts.
         rows = await self._fetchall(
-            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {condition} "
-            "ORDER BY m.occurred_at DESC, m.rowid DESC LIMIT ? OFFSET ?",
+            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.rowid IN (SELECT r FROM "
+            f"({' UNION ALL '.join(selects)}) ORDER BY t DESC, r DESC LIMIT ? OFFSET ?) ORDER BY {BY_TIME}",
             [*params, limit, offset],
         )
-        (total,) = await self._fetchone(f"SELECT count(*) FROM memories m WHERE {condition}", params) or (0,)
+        (total,) = await self._fetchone(f"SELECT {' + '.join(counts)}", params) or (0,)
         return [memory_from_row(row) for row in rows], total
 
     async def diagnose(self) -> StoreDiagnosis:
@@ -660,6 +702,17 @@ async def _migrate(db: aiosqlite.Connection) -> int:
     open a new file at once: the first takes the write lock, the others wait and find it done."""
     for name, function in SQL_FUNCTIONS.items():
         await db.create_function(name, 1, function, deterministic=True)
+    # Off while migrating: a migration that rebuilds a table drops the old one, which with foreign
+    # keys on would delete the rows that reference it by cascade. The references are checked before
+    # the commit instead. (The pragma does nothing inside a transaction, so it is set around it.)
+    await db.execute("PRAGMA foreign_keys = OFF")
+    try:
+        return await _migrate_in_transaction(db)
+    finally:
+        await db.execute("PRAGMA foreign_keys = ON")
+
+
+async def _migrate_in_transaction(db: aiosqlite.Connection) -> int:
     await db.execute("BEGIN IMMEDIATE")
     try:
         cursor = await db.execute("PRAGMA user_version")
@@ -669,17 +722,46 @@ async def _migrate(db: aiosqlite.Connection) -> int:
                 f"the database has schema version {current}, newer than this soul-mcp understands "
                 f"({SCHEMA_VERSION}); upgrade soul-mcp"
             )
+        # References already broken before (a file written by other tools) are not the migration's.
+        broken_before = await _broken_references(db) if current != SCHEMA_VERSION else set()
         for number in range(current, SCHEMA_VERSION):
             log.info("migrating database schema to version %d", number + 1)
             for statement in split_statements(MIGRATIONS[number]):
                 await db.execute(statement)
         if current != SCHEMA_VERSION:
+            if broken := sorted((await _broken_references(db)) - broken_before):
+                raise StorageError(f"migrating would break {len(broken)} references, e.g. {broken[0]}")
             await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         await db.execute("ROLLBACK")
         raise
     await db.execute("COMMIT")
     return current
+
+
+# Schema migration 7 rebuilds the memories table: the old table's pages are then free but still in
+# the file, which would stay larger than before the upgrade until later writes reuse them.
+REBUILT_IN = 7
+
+
+async def _compact(db: aiosqlite.Connection) -> None:
+    """VACUUM once after a migration that rebuilt a table (a few seconds at most at 100k memories;
+    it cannot run inside the migration's transaction). Not done is not an error: the file is whole
+    and the free pages get reused."""
+    try:
+        await db.execute("VACUUM")
+        # The copy went through the write-ahead log: give that space back as well.
+        await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        log.warning(
+            "compacting the database after migrating it failed: %s; its free pages will be reused", exc
+        )
+
+
+async def _broken_references(db: aiosqlite.Connection) -> set[tuple[Any, ...]]:
+    """Rows whose foreign key names no row: (table, rowid, parent table, key number)."""
+    cursor = await db.execute("PRAGMA foreign_key_check")
+    return {tuple(row) for row in await cursor.fetchall()}
 
 
 # SQLite's primary result codes (the low byte of an extended code; https://sqlite.org/rescode.html).

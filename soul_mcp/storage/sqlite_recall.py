@@ -18,7 +18,14 @@ from soul_mcp.errors import StorageError
 from soul_mcp.models import Memory
 from soul_mcp.recall.query import SearchQuery
 from soul_mcp.recall.source import BlockingReader, EmbeddingRow, MemoryColumns, WordScore
-from soul_mcp.storage.sqlite_rows import MEMORY_COLUMNS, memory_filters, memory_from_row
+from soul_mcp.storage.schema import memory_id_key
+from soul_mcp.storage.sqlite_rows import (
+    BY_IMPORTANCE,
+    BY_TIME,
+    MEMORY_COLUMNS,
+    memory_filters,
+    memory_from_row,
+)
 
 # The tokenizer of memories_fts (schema migration 1).
 TOKENIZE = "porter unicode61 remove_diacritics 2"
@@ -101,6 +108,11 @@ class SQLiteBlockingReader:
         self._db.close()
 
 
+def snapshot_file(db: Path) -> Path | None:
+    """Where the recall index of the database file `db` keeps its snapshot (None: in memory)."""
+    return None if str(db) == ":memory:" else Path(f"{db}-recall")
+
+
 class SQLiteRecall:
     """The RecallSource half of SQLiteStore (mixed into it)."""
 
@@ -121,9 +133,9 @@ class SQLiteRecall:
         return lambda: SQLiteBlockingReader(path)
 
     def snapshot_path(self) -> Path | None:
-        if str(self.path) == ":memory:" or self.read_only is not None:
+        if self.read_only is not None:
             return None
-        return Path(f"{self.path}-recall")
+        return snapshot_file(self.path)
 
     async def change_seq(self) -> int:
         ((seq,),) = await self._fetchall("SELECT coalesce(max(seq), 0) FROM memory_changes", ())
@@ -177,8 +189,8 @@ class SQLiteRecall:
 
     async def rowids_of(self, memory_ids: Sequence[str]) -> list[int]:
         rows = await self._fetchall(
-            f"SELECT rowid FROM memories WHERE id IN ({', '.join('?' * len(memory_ids))}) ORDER BY rowid",
-            list(memory_ids),
+            f"SELECT rowid FROM memories WHERE id_key IN ({', '.join('?' * len(memory_ids))}) ORDER BY rowid",
+            [memory_id_key(i) for i in memory_ids],
         )
         return [r for (r,) in rows]
 
@@ -193,9 +205,7 @@ class SQLiteRecall:
         where, params = memory_filters(
             ("active",), query.kind, query.tags, query.since, query.until, query.exclude_ids
         )
-        order = {
-            "importance": "m.importance DESC, m.occurred_at DESC, m.rowid DESC",
-        }.get(query.order, "m.occurred_at DESC, m.rowid DESC")
+        order = BY_IMPORTANCE if query.order == "importance" else BY_TIME
         rows = await self._fetchall(
             f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {' AND '.join(where)} "
             f"ORDER BY {order} LIMIT ? OFFSET ?",

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+from datetime import datetime, timedelta
 from typing import Any
 
 from soul_mcp.models import Memory
+from soul_mcp.storage.schema import kind_code, memory_id_key
 
 MEMORY_COLUMNS = (
     "m.id, m.content, m.kind, m.tags, m.importance, m.occurred_at, m.created_at, m.author, m.status, "
     "m.status_reason, m.status_changed_at, m.supersedes, m.superseded_by"
 )
+
+
+_STORED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_EPOCH = datetime(1970, 1, 1)
+
+
+def stored_seconds(moment: str) -> int | str:
+    """What the memories table keeps of a time (schema migration 7): the unix seconds of a time in
+    the stored form ('2024-05-08T10:00:00Z'), or any other text as it is (the virtual column shows
+    both as the same text; the migration converts the same way, in SQL)."""
+    if _STORED_TIME.fullmatch(moment):
+        try:
+            return (datetime.fromisoformat(moment[:19]) - _EPOCH) // timedelta(seconds=1)
+        except ValueError:  # 2024-02-30
+            pass
+    return moment
 
 
 def memory_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Memory:
@@ -45,17 +64,27 @@ def memory_filters(
     """SQL conditions on `m` (the memories table) for listings by time: in one of `statuses`, of
     `kind`, carrying every one of `tags`, occurred in [since, until), none of `exclude_ids`. (Text
     search filters in the recall engine instead.)"""
-    where = [f"m.status IN ({', '.join('?' * len(statuses))})"]
-    params: list[Any] = list(statuses)
+    # The listing indexes are partial (status = 'active', status <> 'active'): SQLite uses one only
+    # when the query states its condition as written, not through a bound parameter.
+    where: list[str] = []
+    params: list[Any] = []
+    if statuses == ("active",):
+        where.append("m.status = 'active'")
+    else:
+        if "active" not in statuses:
+            where.append("m.status <> 'active'")
+        where.append(f"m.status IN ({', '.join('?' * len(statuses))})")
+        params += statuses
     if kind:
-        where.append("m.kind = ?")
-        params.append(kind)
-    if since:
-        where.append("m.occurred_at >= ?")
-        params.append(since)
-    if until:
-        where.append("m.occurred_at < ?")
-        params.append(until)
+        where.append("m.kind_code = ?")
+        params.append(kind_code(kind))
+    for moment, operator in ((since, ">="), (until, "<")):
+        if moment:
+            seconds = stored_seconds(moment)
+            # A time in another form compares as text, as it did before times were kept as seconds.
+            column = "m.occurred_unix" if isinstance(seconds, int) else "m.occurred_at"
+            where.append(f"{column} {operator} ?")
+            params.append(seconds)
     if tags:
         where.append(
             f"m.rowid IN (SELECT memory_rowid FROM memory_tags WHERE tag IN ({', '.join('?' * len(tags))}) "
@@ -63,6 +92,11 @@ def memory_filters(
         )
         params += [*tags, len(tags)]
     if exclude_ids:
-        where.append(f"m.id NOT IN ({', '.join('?' * len(exclude_ids))})")
-        params += exclude_ids
+        where.append(f"m.id_key NOT IN ({', '.join('?' * len(exclude_ids))})")
+        params += [memory_id_key(i) for i in exclude_ids]
     return where, params
+
+
+# Listing orders, on the stored seconds (in the same order as the text, which has a fixed width).
+BY_TIME = "m.occurred_unix DESC, m.rowid DESC"
+BY_IMPORTANCE = "m.importance DESC, m.occurred_unix DESC, m.rowid DESC"
