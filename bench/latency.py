@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import itertools
 import json
 import math
@@ -903,16 +904,19 @@ async def after_short_session(db: Path, corpus: NaturalCorpus, args: argparse.Na
     first start ever, or after an upgrade), a session that asks its questions within a second and
     ends (so the index it leaves is partial), then one measured session (handshake era)."""
     copy = db.with_name(db.stem + "-short.db")
-    for path in (copy, Path(f"{copy}-recall")):
-        path.unlink(missing_ok=True)
+
+    def remove_copy() -> None:  # the database and everything the server keeps beside it
+        for path in copy.parent.glob(glob.escape(copy.name) + "*"):
+            path.unlink(missing_ok=True)
+
+    remove_copy()
     shutil.copyfile(db, copy)
     try:
         first = await fresh_session(copy, "legacy", [corpus.question() for _ in range(EARLIER_QUESTIONS)], [])
         questions = [corpus.question() for _ in range(args.fresh_questions)]
         after = await fresh_session(copy, "legacy", questions, [])
     finally:
-        for path in (copy, Path(f"{copy}-recall")):
-            path.unlink(missing_ok=True)
+        remove_copy()
     return {
         "first_recall_without_snapshot_ms": round(first["recall_ms"][0], 1),
         "early": summary(after["recall_ms"][EARLY]),
