@@ -49,6 +49,28 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return default_db_path()
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def postgres_url(explicit: str | os.PathLike[str] | None = None) -> str | None:
+    """The PostgreSQL URL that --db (or else $SOUL_MCP_DB) names, as given; None for a SQLite path."""
+    raw = str(explicit) if explicit else os.environ.get(DB_ENV, "")
+    return raw if raw.startswith(POSTGRES_SCHEMES) else None
+
+
+def _shown_url(url: str) -> Path:
+    """What stands for a URL where a path is shown: the URL without its password or query."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        raise SettingsError(f"the database URL's port is not a number: {parts.hostname}:?") from None
+    return Path(f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}")
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -139,6 +161,9 @@ class Settings:
     soul_policy: str = "open"
     # Hybrid recall (BM25 fused with embeddings). Off unless asked for; load() reads the environment.
     semantic: Semantic = field(default_factory=Semantic)
+    # A PostgreSQL database instead of the SQLite file (db_path then only names it, without a
+    # password). Kept out of repr: the URL may hold the password.
+    db_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, db: str | os.PathLike[str] | None = None, soul_policy: str | None = None) -> Settings:
@@ -148,8 +173,10 @@ class Settings:
         policy = (soul_policy or os.environ.get(SOUL_POLICY_ENV) or "open").strip().lower()
         if policy not in SOUL_POLICIES:
             raise SettingsError(f"the soul policy must be open, confirm or locked, got {policy!r}")
+        url = postgres_url(db)
         return cls(
-            db_path=resolve_db_path(db),
+            db_path=_shown_url(url) if url else resolve_db_path(db),
+            db_url=url,
             limits=Limits.from_env(),
             synchronous=sync,
             soul_policy=policy,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from soul_mcp.config import Settings
-from soul_mcp.storage.base import Store
+from soul_mcp.storage.base import EmbeddingStore, Store
 
 # Imported with the domain, as before this module existed: the server's warm start imports it ahead
 # of the first request, so that opening the database at the first request does not wait for it.
@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 
 async def open_store(settings: Settings) -> Store:
-    """The store the settings name (the SQLite file at `db_path`: the only backend today)."""
+    """The store the settings name: the PostgreSQL database at `db_url`, else the SQLite file at
+    `db_path`."""
+    if settings.db_url:
+        from soul_mcp.storage.postgres import PostgresStore  # the driver only for its users
+
+        return await PostgresStore.open(settings.db_url)
     return await SQLiteStore.open(Path(settings.db_path), settings.synchronous)
 
 
@@ -33,7 +38,11 @@ def open_semantic(settings: Settings) -> SemanticIndexer | None:
         return None
     from soul_mcp.semantic.indexer import SemanticIndexer
 
-    async def open_embedding_store() -> SQLiteStore:
+    async def open_embedding_store() -> EmbeddingStore:
+        if settings.db_url:
+            from soul_mcp.storage.postgres import PostgresStore
+
+            return await PostgresStore.open(settings.db_url, pool_size=2)
         return await SQLiteStore.open(Path(settings.db_path), settings.synchronous)
 
     return SemanticIndexer.from_settings(settings.semantic, open_embedding_store)
@@ -45,6 +54,8 @@ def read_ahead(settings: Settings) -> None:
     hybrid recall on, also the file of vectors beside the snapshot; when it holds vectors of the
     local model, that model is loaded too, on its own thread (without them, recall never embeds a
     query, and the model stays unloaded)."""
+    if settings.db_url:  # the snapshot and the vector file are kept beside a SQLite file only
+        return
     path = snapshot_file(Path(settings.db_path))
     if path is None:
         return

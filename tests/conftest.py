@@ -12,7 +12,12 @@ from types import ModuleType
 
 import pytest
 
-from soul_mcp.config import Settings
+# The throwaway PostgreSQL cluster's fixtures, for every test file (postgres_url as
+# postgres_database_url: soul_mcp.config has a function of that name).
+from postgres_cluster import postgres_cluster  # noqa: F401
+from postgres_cluster import postgres_url as postgres_database_url  # noqa: F401
+
+from soul_mcp.config import Settings, postgres_url
 from soul_mcp.server import build_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +42,18 @@ def settings(db_path: Path) -> Settings:
 @pytest.fixture
 def server(settings: Settings):
     return build_server(settings)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings_on_each_backend(request: pytest.FixtureRequest, db_path: Path) -> Settings:
+    """Settings for a new, empty self on SQLite (a file in tmp_path) and on PostgreSQL (a database
+    of the session's throwaway cluster): a test file that takes this as its `settings` runs on both."""
+    if request.param == "sqlite":
+        return Settings(db_path=db_path)
+    url = request.getfixturevalue("postgres_database_url")
+    assert postgres_url(url) == url
+    # As the command line reads it, but with the defaults of Settings() otherwise (semantic off).
+    return Settings(db_path=Settings.load(url).db_path, db_url=url)
 
 
 @pytest.fixture(params=["auto", "legacy"], ids=["era-2026", "era-handshake"])

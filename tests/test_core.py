@@ -25,8 +25,9 @@ ME = Actor(name="test-client", session_id="session-1")
 
 
 @pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[AgentSelf]:
-    self_ = await AgentSelf.open(Settings(db_path=tmp_path / "x.db"))
+async def agent(settings_on_each_backend: Settings) -> AsyncIterator[AgentSelf]:
+    # Every test that takes `agent` runs on SQLite and on PostgreSQL.
+    self_ = await AgentSelf.open(settings_on_each_backend)
     try:
         yield self_
     finally:

@@ -10,10 +10,18 @@ import pytest
 from mcp import Client
 from mcp.types import Implementation
 
+from soul_mcp.config import Settings
 from soul_mcp.core.wakeup import assemble_wake_up
 from soul_mcp.models import Document
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def settings(settings_on_each_backend: Settings) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return settings_on_each_backend
+
 
 IDENTITY = "# IDENTITY.md\n\n- Name: Ada\n- Creature: owl-ish familiar 🦉\n- Vibe: calm, exact\n"
 USER = "# USER.md\n\n- Name: Maya Schröder\n- Timezone: Europe/Berlin\n- Likes: code first\n"

@@ -667,3 +667,12 @@ def test_a_word_counted_in_more_memories_than_the_count_read_gets_the_floor_weig
     assert idf(100, 1) == pytest.approx(math.log(99.5 / 1.5))
     assert idf(3, 2) == 1e-6  # FTS5's floor for a word in more than half the memories
     assert idf(3, 5) == 1e-6 and idf(0, 1) == 1e-6
+
+
+def test_the_tokenizer_keeps_answering_when_its_cache_is_emptied() -> None:
+    from soul_mcp.storage.sqlite_recall import Tokens
+
+    tokens = Tokens()
+    tokens.keys(["meetings"])
+    tokens._known.update((f"w{n}", f"w{n}") for n in range(100_001))  # full: the next call empties it
+    assert tokens.keys(["meetings", "gardens"]) == ["meet", "garden"]

@@ -1,7 +1,8 @@
 """Every MCP tool, resource and prompt, driven through the in-process client in both protocol eras.
 
-Each test opens `mcp.Client(server, mode=mode)` on a real SQLite file in tmp_path and asserts on
-what a model would see: the structured content and the text.
+Each test opens `mcp.Client(server, mode=mode)` on a real SQLite file in tmp_path and on a
+PostgreSQL database of a throwaway cluster, and asserts on what a model would see: the structured
+content and the text.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from soul_mcp.core.starter import STARTER_SOUL
 from soul_mcp.server import build_server
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def settings(settings_on_each_backend: Settings) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return settings_on_each_backend
+
 
 TOOL_NAMES = {
     "wake_up",

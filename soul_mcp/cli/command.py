@@ -40,6 +40,8 @@ def actor() -> Any:
 def database_problem(settings: Settings, must_exist: bool) -> str | None:
     """Why the database cannot be used, found before opening it: it is missing (for a command that
     only reads or changes what is stored), or its folder cannot be created. None: go ahead."""
+    if settings.db_url:  # a PostgreSQL database: no file or folder here; opening it tells
+        return None
     path = settings.db_path.expanduser().absolute()
     check = f"check --db / ${DB_ENV}"
     if must_exist and not path.exists():

@@ -52,10 +52,10 @@ class Tokens:
 
     def keys(self, words: Sequence[str]) -> list[str]:
         """Each word's tokens, joined by spaces ("" when it has none)."""
+        if len(self._known) > 100_000:  # before looking: what is asked now is then all todo
+            self._known.clear()
         todo = [w for w in dict.fromkeys(words) if w not in self._known]
         if todo:
-            if len(self._known) > 100_000:
-                self._known.clear()
             self._db.executemany("INSERT INTO words (rowid, word) VALUES (?, ?)", list(enumerate(todo, 1)))
             found: dict[int, list[str]] = {}
             for doc, token in self._db.execute("SELECT doc, term FROM tokens ORDER BY doc, offset"):

@@ -1,0 +1,760 @@
+"""The PostgreSQL store: one self on a database that several servers share.
+
+Open with `await PostgresStore.open("postgresql://user@host:5432/dbname")`. The driver is psycopg 3
+with its connection pool (the `postgres` extra), imported only here, when such a store is opened.
+libpq finds the password itself (the URL, PGPASSWORD, ~/.pgpass); no message of this module shows
+it: the database is named by `shown`, the URL without its password.
+
+Why it is safe with several servers writing at once:
+- a document's next version number comes from its row in document_heads, incremented in the same
+  transaction (the row lock orders two writers: no duplicate, no gap);
+- dedup is the unique partial index on active contents (INSERT ... ON CONFLICT DO NOTHING);
+- status changes lock the memory's row (SELECT ... FOR UPDATE) before checking its status;
+- the change log, the text totals and the embeddings' invalidation are kept by a trigger
+  (postgres_schema.py), in the writer's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from soul_mcp.errors import InvalidInput, NotFound, StorageError
+from soul_mcp.models import (
+    DOCUMENTS,
+    Backup,
+    ClientActivity,
+    DocumentVersion,
+    Memory,
+    NewMemory,
+    Stats,
+    StoreDiagnosis,
+    TokenInfo,
+)
+from soul_mcp.storage.base import EmbeddingJob
+from soul_mcp.storage.postgres_recall import (
+    MEMORY_COLUMNS,
+    PostgresRecall,
+    Tokens,
+    memory_filters,
+    memory_from_row,
+    text_vector,
+)
+from soul_mcp.storage.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
+from soul_mcp.storage.schema import content_digest
+from soul_mcp.storage.sqlite import about_text, new_memory_id
+from soul_mcp.storage.sqlite_embeddings import text_hash, window_text
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT_S = 5  # a call while the database is away fails after this, never hangs
+POOL_SIZE = 8
+VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from"
+TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
+
+
+def is_postgres_url(value: str) -> bool:
+    return value.startswith(URL_SCHEMES)
+
+
+def shown_url(url: str) -> str:
+    """The URL without its password (and without any query, which may hold one)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{parts.username}@" if parts.username else "") + host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def unavailable(exc: BaseException, shown: str) -> StorageError:
+    """A connection failure as the caller should read it (libpq's text names no password)."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StorageError(
+        f"database unavailable at {shown} ({detail}); retrying: try again in a few seconds, and check "
+        "that the server runs and accepts this user"
+    )
+
+
+def about_words(kind: str, occurred_at: str) -> str:
+    """The `about` column's words (as SQLite computes them); none for a time it cannot read."""
+    try:
+        return about_text(kind, occurred_at)
+    except ValueError:
+        return ""
+
+
+def _version(row: Sequence[Any]) -> DocumentVersion:
+    document, version, content, author, reason, created_at, restored_from = row
+    return DocumentVersion(
+        document=document,
+        version=version,
+        content=content,
+        author=author,
+        reason=reason,
+        created_at=created_at,
+        restored_from=restored_from,
+    )
+
+
+def _token(row: Sequence[Any]) -> TokenInfo:
+    name, scopes, created_at, last_used_at, revoked_at = row
+    return TokenInfo(
+        name=name,
+        scopes=[s for s in scopes.split(",") if s],
+        created_at=created_at,
+        last_used_at=last_used_at,
+        revoked_at=revoked_at,
+    )
+
+
+class PostgresStore(PostgresRecall):
+    """A `Store` (and `EmbeddingStore`) over one PostgreSQL database."""
+
+    def __init__(self, conninfo: str, pool: AsyncConnectionPool) -> None:
+        self._conninfo = conninfo
+        self._pool = pool
+        self.shown = shown_url(conninfo)
+        self.read_only: str | None = None
+        self.migrated_from: int | None = None
+        self._tokens = Tokens()
+        self._tokenized = 0
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int = POOL_SIZE) -> PostgresStore:
+        try:
+            import psycopg
+            from psycopg_pool import AsyncConnectionPool
+        except ImportError as exc:
+            raise StorageError(
+                "a PostgreSQL database needs the driver: pip install 'soul-mcp[postgres]'"
+            ) from exc
+        shown = shown_url(url)
+        # One connection first, for libpq's own reason when it fails (no such database, a refused
+        # password): the pool would only time out.
+        try:
+            first = await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as exc:
+            raise unavailable(exc, shown) from None
+        await first.close()
+        pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            # A connection the database dropped is replaced before it is handed out.
+            check=AsyncConnectionPool.check_connection,
+            timeout=CONNECT_TIMEOUT_S,
+            open=False,
+            name="soul-mcp",
+        )
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except Exception as exc:
+            await pool.close()
+            raise unavailable(_cause(exc), shown) from None
+        store = cls(url, pool)
+        try:
+            before = await store._migrate()
+        except psycopg.Error as exc:
+            await pool.close()
+            raise store._error(exc) from None
+        except BaseException:
+            await pool.close()
+            raise
+        store.migrated_from = before if before != SCHEMA_VERSION else None
+        return store
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _migrate(self) -> int:
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await conn.execute("CREATE TABLE IF NOT EXISTS soul_schema (version integer NOT NULL)")
+            row = await (await conn.execute("SELECT version FROM soul_schema")).fetchone()
+            if row is None:
+                await conn.execute("INSERT INTO soul_schema VALUES (0)")
+            current = row[0] if row else 0
+            if current > SCHEMA_VERSION:
+                raise StorageError(
+                    f"the database {self.shown} has schema version {current}, newer than this soul-mcp "
+                    f"understands ({SCHEMA_VERSION}); upgrade soul-mcp"
+                )
+            for number in range(current, SCHEMA_VERSION):
+                log.info("migrating the PostgreSQL schema to version %d", number + 1)
+                await conn.execute(MIGRATIONS[number])
+            await conn.execute("UPDATE soul_schema SET version = %s", (SCHEMA_VERSION,))
+        return int(current)
+
+    def _text_tokens(self) -> Tokens:
+        # Tokens remembers every text it was given (up to 100k): kept for query words, but a
+        # memory's whole text is rarely seen twice, so the cache is dropped now and then.
+        self._tokenized += 1
+        if self._tokenized % 1000 == 0:
+            self._tokens = Tokens()
+        return self._tokens
+
+    def _error(self, exc: BaseException) -> StorageError:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        if isinstance(exc, PoolTimeout | psycopg.OperationalError):
+            return unavailable(exc, self.shown)
+        return StorageError(f"the database {self.shown} failed: {exc}")
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._error(exc) from exc
+
+    async def _fetchall(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(sql, params)
+                return await cursor.fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._error(exc) from exc
+
+    async def _fetchone(self, sql: str, params: Any = None) -> tuple[Any, ...] | None:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    # Documents ---------------------------------------------------------------------------------
+
+    async def append_version(
+        self,
+        document: str,
+        content: str,
+        author: str,
+        reason: str | None,
+        created_at: str,
+        session_id: str | None,
+        restored_from: int | None = None,
+    ) -> DocumentVersion:
+        async with self._transaction() as db:
+            # The head row's lock orders concurrent writers of one document until they commit.
+            cursor = await db.execute(
+                "INSERT INTO document_heads (document, head) VALUES (%s, 1) ON CONFLICT (document) "
+                "DO UPDATE SET head = document_heads.head + 1 RETURNING head",
+                (document,),
+            )
+            (version,) = await cursor.fetchone()  # type: ignore[misc]
+            await db.execute(
+                "INSERT INTO document_versions "
+                "(document, version, content, author, reason, created_at, session_id, restored_from) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (document, version, content, author, reason, created_at, session_id, restored_from),
+            )
+        return DocumentVersion(
+            document=document,  # type: ignore[arg-type]
+            version=version,
+            content=content,
+            author=author,
+            reason=reason,
+            created_at=created_at,
+            restored_from=restored_from,
+        )
+
+    async def get_version(self, document: str, version: int | None = None) -> DocumentVersion | None:
+        if version is None:
+            row = await self._fetchone(
+                f"SELECT {VERSION_COLUMNS} FROM document_versions WHERE document = %s "
+                "ORDER BY version DESC LIMIT 1",
+                (document,),
+            )
+        else:
+            if not -(2**31) <= version < 2**31:
+                return None
+            row = await self._fetchone(
+                f"SELECT {VERSION_COLUMNS} FROM document_versions WHERE document = %s AND version = %s",
+                (document, version),
+            )
+        return _version(row) if row else None
+
+    async def list_versions(self, document: str, limit: int, before: int | None) -> list[DocumentVersion]:
+        rows = await self._fetchall(
+            f"SELECT {VERSION_COLUMNS} FROM document_versions WHERE document = %s AND version < %s "
+            "ORDER BY version DESC LIMIT %s",
+            (document, min(before, 2**31) if before is not None else 2**31, limit),
+        )
+        return [_version(r) for r in rows]
+
+    # Memories ----------------------------------------------------------------------------------
+
+    async def _insert_memory(
+        self, db: psycopg.AsyncConnection[Any], new: NewMemory, created_at: str, supersedes: str | None = None
+    ) -> Memory | None:
+        """Insert `new` unless an active memory has its content (then None)."""
+        memory_id = new_memory_id()
+        tags = json.dumps(new.tags, ensure_ascii=False)
+        words, freqs, count = text_vector(
+            self._text_tokens(), new.content, tags, about_words(new.kind, new.occurred_at)
+        )
+        cursor = await db.execute(
+            "INSERT INTO memories (id, content, content_key, kind, tags, importance, occurred_at, "
+            "created_at, author, session_id, supersedes, words, freqs, tokens) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::tsvector, %s::jsonb, %s) "
+            "ON CONFLICT (content_key) WHERE status = 'active' DO NOTHING RETURNING rowid",
+            (memory_id, new.content, content_digest(new.content_key), new.kind, tags, new.importance,
+             new.occurred_at, created_at, new.author, new.session_id, supersedes, words, freqs, count),
+        )  # fmt: skip
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        await db.execute(
+            "INSERT INTO memory_tags (tag, memory_rowid) SELECT DISTINCT unnest(%s::text[]), %s",
+            (new.tags, row[0]),
+        )
+        return Memory(
+            id=memory_id,
+            content=new.content,
+            kind=new.kind,
+            tags=new.tags,
+            importance=new.importance,
+            occurred_at=new.occurred_at,
+            created_at=created_at,
+            author=new.author,
+            supersedes=supersedes,
+        )
+
+    async def _active_duplicate(self, db: psycopg.AsyncConnection[Any], content_key: str) -> Memory | None:
+        cursor = await db.execute(
+            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE content_key = %s AND status = 'active'",
+            (content_digest(content_key),),
+        )
+        row = await cursor.fetchone()
+        return memory_from_row(row) if row else None
+
+    async def add_memory(self, new: NewMemory, created_at: str) -> tuple[Memory, bool]:
+        async with self._transaction() as db:
+            # Looked up first: an INSERT that conflicts still takes a rowid, and a gap would part
+            # neighbours (recall's lending and the embedded windows pair rowid - 1 with rowid).
+            # ON CONFLICT covers a concurrent insert of the same content: it waits for that one to
+            # commit, and the twin may then have left recall already: so look again (rarely twice).
+            for _ in range(5):
+                existing = await self._active_duplicate(db, new.content_key)
+                if existing is not None:
+                    return existing, False
+                stored = await self._insert_memory(db, new, created_at)
+                if stored is not None:
+                    return stored, True
+        raise StorageError("storing the memory kept conflicting with concurrent changes; try again")
+
+    async def get_memory(self, memory_id: str) -> Memory | None:
+        row = await self._fetchone(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = %s", (memory_id,))
+        return memory_from_row(row) if row else None
+
+    async def _require(self, db: psycopg.AsyncConnection[Any], memory_id: str, lock: bool = True) -> Memory:
+        cursor = await db.execute(
+            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = %s" + (" FOR UPDATE" if lock else ""),
+            (memory_id,),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            raise NotFound(f"no memory has the id {memory_id!r}; ids look like 'm_1a2b3c4d5e6f' (see recall)")
+        return memory_from_row(row)
+
+    async def set_memory_status(
+        self, memory_id: str, status: str, reason: str | None, changed_at: str, expect: tuple[str, ...]
+    ) -> Memory:
+        import psycopg
+
+        try:
+            async with self._transaction() as db:
+                memory = await self._require(db, memory_id)
+                if memory.status not in expect:
+                    revised = f" (it was revised into {memory.superseded_by})" if memory.superseded_by else ""
+                    raise InvalidInput(
+                        f"memory {memory_id} is {memory.status}{revised}; this needs a memory that is "
+                        + " or ".join(expect)
+                    )
+                if status == "active":
+                    cursor = await db.execute(
+                        "SELECT m2.id FROM memories m1 JOIN memories m2 ON m2.content_key = m1.content_key "
+                        "WHERE m1.id = %s AND m2.status = 'active'",
+                        (memory_id,),
+                    )
+                    twin = await cursor.fetchone()
+                    if twin is not None:
+                        raise _twin_error(memory_id, twin[0])
+                await db.execute(
+                    "UPDATE memories SET status = %s, status_reason = %s, status_changed_at = %s WHERE id = %s",
+                    (status, reason, changed_at, memory_id),
+                )
+                return await self._require(db, memory_id, lock=False)
+        except StorageError as exc:
+            # A twin restored or stored by another server since the check above.
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise _twin_error(memory_id, "another memory") from None
+            raise
+
+    async def revise_memory(
+        self, memory_id: str, new: NewMemory, reason: str, created_at: str
+    ) -> tuple[Memory, Memory]:
+        async with self._transaction() as db:
+            old = await self._require(db, memory_id)
+            if old.status != "active":
+                raise InvalidInput(
+                    f"memory {memory_id} is {old.status} and cannot be revised; only active memories can"
+                    + (f" (revise {old.superseded_by}, which replaced it)" if old.superseded_by else "")
+                )
+            # Leave recall first, so the revision may keep the same normalised content.
+            await db.execute(
+                "UPDATE memories SET status = 'superseded', status_reason = %s, status_changed_at = %s "
+                "WHERE id = %s",
+                (reason, created_at, memory_id),
+            )
+            revised = await self._insert_memory(db, new, created_at, supersedes=memory_id)
+            if revised is None:
+                twin = await self._active_duplicate(db, new.content_key)
+                raise InvalidInput(
+                    f"the revised content is already stored as memory {twin.id if twin else '?'}; "
+                    f"forget {memory_id} instead"
+                )
+            await db.execute("UPDATE memories SET superseded_by = %s WHERE id = %s", (revised.id, memory_id))
+            return await self._require(db, memory_id, lock=False), revised
+
+    async def purge_memory(self, memory_id: str) -> None:
+        async with self._transaction() as db:
+            memory = await self._require(db, memory_id)
+            if memory.status != "forgotten":
+                raise InvalidInput(
+                    f"memory {memory_id} is {memory.status}; only forgotten memories can be purged "
+                    "(forget it first)"
+                )
+            await db.execute(
+                "UPDATE memories SET superseded_by = NULL WHERE superseded_by = %s", (memory_id,)
+            )
+            await db.execute("DELETE FROM memories WHERE id = %s", (memory_id,))
+
+    # Sessions and counts -----------------------------------------------------------------------
+
+    async def record_session(self, session_id: str, client: str, started_at: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO sessions (id, client, started_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (session_id, client, started_at),
+            )
+
+    async def stats(self) -> Stats:
+        counts = dict(await self._fetchall("SELECT status, count(*) FROM memories GROUP BY status"))
+        versions = dict(
+            await self._fetchall("SELECT document, count(*) FROM document_versions GROUP BY document")
+        )
+        (sessions,) = await self._fetchone("SELECT count(*) FROM sessions") or (0,)
+        return Stats(
+            memories_active=counts.get("active", 0),
+            memories_forgotten=counts.get("forgotten", 0),
+            memories_superseded=counts.get("superseded", 0),
+            document_versions=versions,
+            sessions=sessions,
+        )
+
+    # Change detection and backup ---------------------------------------------------------------
+
+    async def change_marker(self) -> int:
+        # Both only grow: any new version or memory change moves the sum, whichever server wrote it.
+        row = await self._fetchone(
+            "SELECT (SELECT coalesce(sum(head), 0) FROM document_heads) "
+            "+ (SELECT coalesce(max(seq), 0) FROM memory_changes)"
+        )
+        return int(row[0]) if row else 0
+
+    async def document_heads(self) -> dict[str, int]:
+        rows = await self._fetchall(
+            "SELECT document, head FROM document_heads WHERE document = ANY(%s)", (list(DOCUMENTS),)
+        )
+        return {name: int(head) for name, head in rows}
+
+    async def backup(self, target: Path) -> Backup:
+        raise StorageError(
+            f"backup copies SQLite files; for the PostgreSQL database {self.shown} use pg_dump "
+            "(e.g. pg_dump --format=custom --file=soul.dump DBNAME) or the server's own backups"
+        )
+
+    # Tokens ------------------------------------------------------------------------------------
+
+    async def add_token(
+        self, name: str, token_hash: str, scopes: tuple[str, ...], created_at: str
+    ) -> TokenInfo:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO tokens (name, token_hash, scopes, created_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING RETURNING name",
+                (name, token_hash, ",".join(scopes), created_at),
+            )
+            if await cursor.fetchone() is None:
+                cursor = await db.execute("SELECT revoked_at FROM tokens WHERE name = %s", (name,))
+                taken = await cursor.fetchone()
+                state = "a revoked token" if taken and taken[0] else "a token"
+                raise InvalidInput(
+                    f"{state} named {name!r} already exists; names stay unique so that every author name "
+                    "means one token: choose another name (token list shows them all)"
+                )
+        return TokenInfo(name=name, scopes=list(scopes), created_at=created_at)  # type: ignore[arg-type]
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        rows = await self._fetchall(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, rowid")
+        return [_token(row) for row in rows]
+
+    async def find_token(self, token_hash: str) -> TokenInfo | None:
+        row = await self._fetchone(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = %s", (token_hash,))
+        return _token(row) if row else None
+
+    async def revoke_token(self, name: str, revoked_at: str) -> TokenInfo:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE tokens SET revoked_at = %s WHERE name = %s AND revoked_at IS NULL", (revoked_at, name)
+            )
+            cursor = await db.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE name = %s", (name,))
+            row = await cursor.fetchone()
+        if row is None:
+            raise NotFound(f"no token is named {name!r}; token list shows the names")
+        return _token(row)
+
+    async def touch_token(self, name: str, used_at: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("UPDATE tokens SET last_used_at = %s WHERE name = %s", (used_at, name))
+
+    async def check_intact(self) -> None:
+        # PostgreSQL checks its own pages; that the database answers and holds our schema is ours.
+        row = await self._fetchone("SELECT version FROM soul_schema")
+        if row is None or row[0] != SCHEMA_VERSION:
+            raise StorageError(
+                f"the database {self.shown} has no soul-mcp schema of version {SCHEMA_VERSION}"
+            )
+
+    async def client_activity(self) -> list[ClientActivity]:
+        found: dict[str, ClientActivity] = {}
+        for sql, count_field, time_field in (
+            ("SELECT client, count(*), max(started_at) FROM sessions GROUP BY client", "sessions",
+             "last_session_at"),
+            ("SELECT author, count(*), max(created_at) FROM memories GROUP BY author", "memories",
+             "last_memory_at"),
+            ("SELECT author, count(*), max(created_at) FROM document_versions GROUP BY author", "versions",
+             "last_version_at"),
+        ):  # fmt: skip
+            # Grouped rows in SQLite's order (by the name, bytewise): ties of last_active_at keep it.
+            key = sql.split()[1].rstrip(",")
+            for client, count, last in await self._fetchall(f'{sql} ORDER BY {key} COLLATE "C"'):
+                activity = found.setdefault(client, ClientActivity(client=client))
+                setattr(activity, count_field, count)
+                setattr(activity, time_field, last)
+                if activity.last_active_at is None or last > activity.last_active_at:
+                    activity.last_active_at = last
+        return sorted(found.values(), key=lambda a: a.last_active_at or "", reverse=True)
+
+    # Listing and checking ----------------------------------------------------------------------
+
+    async def list_memories(
+        self,
+        statuses: tuple[str, ...],
+        kind: str | None,
+        tags: tuple[str, ...],
+        since: str | None,
+        until: str | None,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[Memory], int]:
+        if not statuses:
+            return [], 0
+        where, params = memory_filters(statuses, kind, tags, since, until)
+        condition = " AND ".join(where)
+        rows = await self._fetchall(
+            f"SELECT {MEMORY_COLUMNS}, count(*) OVER () FROM memories m WHERE {condition} "
+            "ORDER BY m.occurred_at DESC, m.rowid DESC LIMIT %s OFFSET %s",
+            (*params, limit, offset),
+        )
+        if rows:
+            total = int(rows[0][-1])
+        else:
+            (total,) = await self._fetchone(f"SELECT count(*) FROM memories m WHERE {condition}", params) or (
+                0,
+            )
+        return [memory_from_row(row) for row in rows], int(total)
+
+    async def diagnose(self) -> StoreDiagnosis:
+        (version,) = await self._fetchone("SELECT version FROM soul_schema") or (0,)
+        (sync,) = await self._fetchone("SHOW synchronous_commit") or ("?",)
+        (active, indexed, totals) = await self._fetchone(
+            "SELECT count(*), count(*) FILTER (WHERE tokens = 0 OR words <> ''::tsvector), "
+            "(SELECT memories FROM text_totals) FROM memories WHERE status = 'active'"
+        ) or (0, 0, 0)
+        index_check = "ok" if totals == active else f"the text totals count {totals} memories, not {active}"
+        return StoreDiagnosis(
+            integrity=["ok"],
+            schema_version=int(version),
+            expected_schema_version=SCHEMA_VERSION,
+            migrated_from=self.migrated_from,
+            index_check=index_check,
+            active_memories=int(active),
+            indexed_memories=int(indexed),
+            missing_from_index=int(active) - int(indexed),
+            stale_in_index=0,  # the text index is partial: only active memories are in it
+            journal_mode="postgresql",
+            synchronous=f"synchronous_commit={sync}",
+        )
+
+    # Embeddings (EmbeddingStore) ---------------------------------------------------------------
+
+    async def _windows(self, db: Any, rowids: list[int]) -> dict[int, tuple[str, str]]:
+        """{rowid: (memory id, text to embed)} for those of `rowids` that are active (as
+        SQLiteEmbeddings._windows: the previous memory joins when it shares the context)."""
+        wanted = sorted({r + step for r in rowids for step in (-1, 0)})
+        sql = (
+            "SELECT rowid, id, content, status, author, session_id, substr(occurred_at, 1, 10) "
+            "FROM memories WHERE rowid = ANY(%s)"
+        )
+        if db is None:
+            found = await self._fetchall(sql, (wanted,))
+        else:
+            found = await (await db.execute(sql, (wanted,))).fetchall()
+        rows = {int(row[0]): tuple(row) for row in found}
+        out: dict[int, tuple[str, str]] = {}
+        for rowid in rowids:
+            memory = rows.get(rowid)
+            if memory is None or memory[3] != "active":
+                continue
+            before = rows.get(rowid - 1)
+            same_context = before is not None and before[3] == "active" and before[4:] == memory[4:]
+            previous = before[2] if before is not None and same_context else None
+            out[rowid] = (memory[1], window_text(previous, memory[2]))
+        return out
+
+    @staticmethod
+    def _jobs(windows: dict[int, tuple[str, str]], order: list[int]) -> list[EmbeddingJob]:
+        return [
+            EmbeddingJob(
+                memory_id=windows[r][0], text=windows[r][1], text_hash=text_hash(windows[r][1]), position=r
+            )
+            for r in order
+            if r in windows
+        ]
+
+    async def pending_embeddings(
+        self, model: str, limit: int, above: int = 0
+    ) -> tuple[list[EmbeddingJob], int]:
+        rows = await self._fetchall(
+            "SELECT (SELECT coalesce(max(rowid), 0) FROM memories), "
+            "ARRAY(SELECT m.rowid FROM memories m WHERE m.rowid > %s AND m.status = 'active' "
+            "AND NOT EXISTS (SELECT 1 FROM memory_embeddings e WHERE e.memory_rowid = m.rowid "
+            "AND e.model = %s) ORDER BY m.rowid DESC LIMIT %s)",
+            (above, model, limit),
+        )
+        newest, found = rows[0]
+        order = [int(r) for r in found]
+        return self._jobs(await self._windows(None, order), order), int(newest)
+
+    async def stale_embeddings(
+        self, model: str, after: int, limit: int
+    ) -> tuple[list[EmbeddingJob], int | None]:
+        rows = await self._fetchall(
+            "SELECT rowid FROM memories WHERE status = 'active' AND rowid > %s ORDER BY rowid LIMIT %s",
+            (after, limit),
+        )
+        order = [int(r) for (r,) in rows]
+        if not order:
+            return [], None
+        stored = dict(
+            await self._fetchall(
+                "SELECT memory_rowid, text_hash FROM memory_embeddings WHERE model = %s "
+                "AND memory_rowid = ANY(%s)",
+                (model, order),
+            )
+        )
+        jobs = [
+            j
+            for j in self._jobs(await self._windows(None, order), order)
+            if stored.get(j.position) != j.text_hash
+        ]
+        return jobs, (order[-1] if len(order) == limit else None)
+
+    async def save_embeddings(self, model: str, jobs: list[EmbeddingJob], vectors: Any) -> int:
+        import numpy as np
+
+        matrix = np.asarray(vectors, dtype="<f4")
+        if matrix.ndim != 2 or matrix.shape[0] != len(jobs):
+            raise ValueError(f"expected {len(jobs)} vectors, got an array of shape {matrix.shape}")
+        async with self._transaction() as db:
+            # Checked again inside the transaction, with the memories locked: a neighbour forgotten
+            # meanwhile would otherwise leave its words in this memory's vector.
+            positions = sorted({p + step for p in (j.position for j in jobs) for step in (-1, 0)})
+            await db.execute("SELECT 1 FROM memories WHERE rowid = ANY(%s) FOR SHARE", (positions,))
+            current = await self._windows(db, [job.position for job in jobs])
+            rows = []
+            for job, vector in zip(jobs, matrix, strict=True):
+                now = current.get(job.position)
+                if now is None or now[0] != job.memory_id or text_hash(now[1]) != job.text_hash:
+                    continue
+                rows.append((job.position, model, matrix.shape[1], job.text_hash, vector.tobytes()))
+            async with db.cursor() as cursor:
+                # Deleted and inserted, so the row gets a new id and caches see the change.
+                await cursor.executemany(
+                    "DELETE FROM memory_embeddings WHERE memory_rowid = %s AND model = %s",
+                    [(r[0], r[1]) for r in rows],
+                )
+                await cursor.executemany(
+                    "INSERT INTO memory_embeddings (memory_rowid, model, dims, text_hash, vector) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    rows,
+                )
+        return len(rows)
+
+    async def embedding_counts(self, model: str) -> tuple[int, int]:
+        rows = await self._fetchall(
+            "SELECT (SELECT count(*) FROM memory_embeddings e JOIN memories m ON m.rowid = e.memory_rowid "
+            "WHERE e.model = %s AND m.status = 'active'), (SELECT count(*) FROM memories WHERE status = 'active')",
+            (model,),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    async def rebuild_text_index(self) -> int:
+        # Every memory's words made again by this tokenizer (inactive ones too: they may come back).
+        count = 0
+        async with self._transaction() as db:
+            cursor = await db.execute("SELECT rowid, content, tags, kind, occurred_at, status FROM memories")
+            rows = await cursor.fetchall()
+            updates = []
+            for rowid, content, tags, kind, occurred_at, status in rows:
+                words, freqs, tokens = text_vector(
+                    self._text_tokens(), content, tags, about_words(kind, occurred_at)
+                )
+                updates.append((words, freqs, tokens, rowid))
+                count += status == "active"
+            async with db.cursor() as cur:
+                await cur.executemany(
+                    "UPDATE memories SET words = %s::tsvector, freqs = %s::jsonb, tokens = %s WHERE rowid = %s",
+                    updates,
+                )
+        return count
+
+
+def _twin_error(memory_id: str, twin: str) -> InvalidInput:
+    return InvalidInput(f"memory {memory_id} cannot be restored: {twin} holds the same content and is active")
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The connection error behind a pool's timeout, when it kept one."""
+    return exc.__cause__ or exc.__context__ or exc
