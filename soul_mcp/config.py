@@ -58,8 +58,8 @@ def postgres_url(explicit: str | os.PathLike[str] | None = None) -> str | None:
     return raw if raw.startswith(POSTGRES_SCHEMES) else None
 
 
-def _shown_url(url: str) -> Path:
-    """What stands for a URL where a path is shown: the URL without its password or query."""
+def shown_url(url: str) -> str:
+    """A database URL as it may be shown and logged: without its password or query."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
@@ -68,7 +68,7 @@ def _shown_url(url: str) -> Path:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         raise SettingsError(f"the database URL's port is not a number: {parts.hostname}:?") from None
-    return Path(f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}")
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -165,6 +165,11 @@ class Settings:
     # password). Kept out of repr: the URL may hold the password.
     db_url: str | None = field(default=None, repr=False)
 
+    @property
+    def shown_db(self) -> str:
+        """The database as people see it: the file's path, or the URL without its password."""
+        return shown_url(self.db_url) if self.db_url else str(self.db_path)
+
     @classmethod
     def load(cls, db: str | os.PathLike[str] | None = None, soul_policy: str | None = None) -> Settings:
         sync = os.environ.get("SOUL_MCP_SYNCHRONOUS", "FULL").upper()
@@ -175,7 +180,7 @@ class Settings:
             raise SettingsError(f"the soul policy must be open, confirm or locked, got {policy!r}")
         url = postgres_url(db)
         return cls(
-            db_path=_shown_url(url) if url else resolve_db_path(db),
+            db_path=Path(shown_url(url)) if url else resolve_db_path(db),
             db_url=url,
             limits=Limits.from_env(),
             synchronous=sync,

@@ -100,17 +100,22 @@ async def examine(settings: Settings, db_source: str) -> DoctorReport:
     """Run every check on the database `settings` name; never creates it."""
     from soul_mcp.storage.sqlite import exposed_files
 
-    path = settings.db_path.expanduser().resolve()
+    # A PostgreSQL database is named by its URL without the password, and has no file here.
+    path = settings.db_path if settings.db_url else settings.db_path.expanduser().resolve()
+    shown = settings.shown_db if settings.db_url else str(path)
     report = DoctorReport(
-        db_path=str(path),
+        db_path=shown,
         config=Configuration(
-            db_path=str(path),
+            db_path=shown,
             db_source=db_source,
             synchronous=settings.synchronous,
             max_memory_chars=settings.limits.memory_chars,
             max_document_chars=settings.limits.document_chars,
         ),
     )
+    if settings.db_url:
+        await _examine_database(settings, path, report)
+        return report
     if not path.exists():
         report.check("database file", False, f"no database at {path}; create it with `soul-mcp init` "
                      "or point --db / $SOUL_MCP_DB at an existing one")  # fmt: skip
@@ -143,9 +148,12 @@ async def _examine_database(settings: Settings, path: Path, report: DoctorReport
         return
     try:
         d = await agent_self.diagnose()
-        size = database_file_sizes(path)
-        check("database opens", True, f"{human_bytes(size['database'])}, WAL "
-              f"{human_bytes(size['wal'])}, journal mode {d.journal_mode}")  # fmt: skip
+        if settings.db_url:
+            check("database opens", True, f"PostgreSQL, {d.synchronous}")
+        else:
+            size = database_file_sizes(path)
+            check("database opens", True, f"{human_bytes(size['database'])}, WAL "
+                  f"{human_bytes(size['wal'])}, journal mode {d.journal_mode}")  # fmt: skip
         if agent_self.read_only:
             check("writable", False, f"the database is read-only here ({agent_self.read_only}): "
                   "soul-mcp can read it but not store anything; run it as a user who may write the "

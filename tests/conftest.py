@@ -12,12 +12,13 @@ from types import ModuleType
 
 import pytest
 
-# The throwaway PostgreSQL cluster's fixtures, for every test file (postgres_url as
-# postgres_database_url: soul_mcp.config has a function of that name).
-from postgres_cluster import postgres_cluster  # noqa: F401
+# The throwaway PostgreSQL cluster's fixtures, for every test file (postgres_url is also
+# postgres_database_url, a name that no module's function shadows).
+from postgres_cluster import postgres_cluster, postgres_url  # noqa: F401
 from postgres_cluster import postgres_url as postgres_database_url  # noqa: F401
 
-from soul_mcp.config import Settings, postgres_url
+from soul_mcp import config
+from soul_mcp.config import Settings
 from soul_mcp.server import build_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def settings_on_each_backend(request: pytest.FixtureRequest, db_path: Path) -> S
     if request.param == "sqlite":
         return Settings(db_path=db_path)
     url = request.getfixturevalue("postgres_database_url")
-    assert postgres_url(url) == url
+    assert config.postgres_url(url) == url
     # As the command line reads it, but with the defaults of Settings() otherwise (semantic off).
     return Settings(db_path=Settings.load(url).db_path, db_url=url)
 

@@ -538,3 +538,23 @@ def test_the_cli_remembers_and_recalls_on_postgresql(
     out = capsys.readouterr().out
     assert out.count("Maya likes green tea") == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stats_and_doctor_describe_a_postgresql_database(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from soul_mcp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUL_MCP_DB", postgres_url)
+    assert main(["remember", "Maya likes green tea"]) in (0, None)
+    capsys.readouterr()
+    assert main(["stats"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "Memories: 1 active" in out
+    assert f"Database: {postgres_url} (PostgreSQL)" in out
+    assert main(["doctor"]) in (0, None)
+    report = capsys.readouterr().out
+    assert "PostgreSQL, synchronous_commit=on" in report
+    assert "no database at" not in report and "file permissions" not in report
+    assert list(tmp_path.iterdir()) == []

@@ -72,9 +72,10 @@ def stats(args: argparse.Namespace) -> int:
     async def work(s: Any) -> None:
         stats = await s.stats()
         clients = await s.client_activity()
-        files = database_file_sizes(settings.db_path)
+        # A PostgreSQL database has no files here: its size is the server's to tell (\l+ in psql).
+        files = {} if settings.db_url else database_file_sizes(settings.db_path)
         if args.json:
-            data = {**stats.model_dump(mode="json"), "db_path": str(settings.db_path), "files": files,
+            data = {**stats.model_dump(mode="json"), "db_path": settings.shown_db, "files": files,
                     "clients": [c.model_dump(mode="json") for c in clients]}  # fmt: skip
             emit(args, data, "")
             return
@@ -88,8 +89,10 @@ def stats(args: argparse.Namespace) -> int:
             f"{stats.memories_superseded} superseded",
             f"Documents: {docs or 'none written yet'}",
             f"Sessions: {stats.sessions}",
-            f"Database: {settings.db_path} ({human_bytes(files['database'])}, "
-            f"WAL {human_bytes(files['wal'])})",
+            f"Database: {settings.shown_db} ({human_bytes(files['database'])}, "
+            f"WAL {human_bytes(files['wal'])})"
+            if files
+            else f"Database: {settings.shown_db} (PostgreSQL)",
         ]
         if clients:
             rows = [

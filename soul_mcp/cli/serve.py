@@ -73,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
         print(hint(args, settings), file=sys.stderr)
     from soul_mcp.server.warmstart import serve_stdio
 
-    log.info("serving over stdio, database %s", settings.db_path)
+    log.info("serving over stdio, database %s", settings.shown_db)
     # Answers initialize and tools/list from a cache while the SDK loads: see server/warmstart.py.
     return serve_stdio(settings)
 
@@ -85,12 +85,14 @@ def hint(args: argparse.Namespace, settings: Settings) -> str:
 
     command, *rest = launcher()
     # A client does not see $SOUL_MCP_DB either: name any database that is not the default.
-    db = ["--db", str(settings.db_path.expanduser().absolute())] if db_source(args) != "default" else []
+    # A URL is shown without its password: libpq also reads it from PGPASSWORD or ~/.pgpass.
+    shown = settings.shown_db if settings.db_url else str(settings.db_path.expanduser().absolute())
+    db = ["--db", shown] if db_source(args) != "default" else []
     serve_args = [*rest, "serve", *db]
     config = {"mcpServers": {"soul": {"command": command, "args": serve_args}}}
     return (
         "soul-mcp speaks MCP over stdin/stdout; it is meant to be started by an MCP client.\n"
-        f"Database: {settings.db_path.expanduser().absolute()}\n"
+        f"Database: {shown}\n"
         "Add it to a client, e.g. Claude Code:  "
         f"{shell_join(['claude', 'mcp', 'add', 'soul', '--', command, *serve_args])}\n"
         "or Claude Desktop's claude_desktop_config.json:\n"

@@ -282,7 +282,7 @@ def serve_http(
         auth = "WITHOUT tokens (--insecure-no-auth)" if insecure_no_auth else "bearer tokens required"
         shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
         log.info("serving Streamable HTTP at http://%s:%d%s (%s), database %s", shown, port, MCP_PATH,
-                 auth, settings.db_path)  # fmt: skip
+                 auth, settings.shown_db)  # fmt: skip
         await _Server(config, stopping).serve(sockets)
 
     anyio.run(main)
