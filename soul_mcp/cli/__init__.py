@@ -12,6 +12,7 @@ One module per group of commands, each command's options beside its handler:
     doctor.py     doctor (its checks are soul_mcp/doctor.py)
     hosts.py      config HOST: a ready configuration for Claude Desktop, Claude Code, Cursor, VS Code
     memories.py   wake, remember, recall, forget, restore-memory, purge, memories list|show
+    migrate.py    migrate: a whole self copied between databases (SQLite, PostgreSQL)
     serve.py      serve, on stdio or with --http
     tokens.py     token create|list|revoke
     workspace.py  import, export
@@ -44,7 +45,7 @@ import os
 import sys
 
 from soul_mcp import __version__
-from soul_mcp.cli import admin, doctor, documents, hosts, memories, serve, tokens, workspace
+from soul_mcp.cli import admin, doctor, documents, hosts, memories, migrate, serve, tokens, workspace
 from soul_mcp.cli.documents import doc_commands
 from soul_mcp.cli.output import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error
 from soul_mcp.config import DB_ENV, SettingsError, log_level_from_env
@@ -62,6 +63,7 @@ REGISTRARS = (
     doctor.register,
     hosts.register,
     admin.add_backup,
+    migrate.register,
     tokens.register,
     admin.add_reindex,
     workspace.register,
