@@ -13,6 +13,15 @@ http   one `soul-mcp serve --http` process and C concurrent SDK HTTP clients (de
        throughput and p50/p95/p99 latency per operation; then checks that every acknowledged
        memory and intent version is in the file and that the file passes integrity_check.
 
+postgres  S `soul-mcp serve --http` processes (default 3) on one PostgreSQL database and C clients
+       (default 16, spread over the servers) with the http mix for D seconds; checks every
+       acknowledged memory and intent version in the database, none doubled, the intent's versions
+       numbered 1..n without a gap. Then the same on a fresh database restarted once in the middle
+       (down for --outage seconds): errors must fall in the outage, each a clear "database
+       unavailable ... try again" tool error, and nothing acknowledged may be lost. On a throwaway
+       cluster (tests/postgres_cluster.py: initdb in a temporary folder, needs PostgreSQL's server
+       binaries) unless --db-url names an empty database (then the steady run only).
+
 The load generator runs in this one Python process: on a small machine it competes with the servers
 for the CPU, so the figures are a floor, and `load` (the 1-minute load average before the run) says
 how busy the machine was. It measures and checks; it asserts nothing about speed.
@@ -21,6 +30,8 @@ how busy the machine was. It measures and checks; it asserts nothing about speed
     .venv/bin/python bench/concurrency.py http                       # 32 clients x 30 s
     .venv/bin/python bench/concurrency.py all --json /tmp/concurrency.json
     .venv/bin/python bench/concurrency.py stdio --processes 4 --writes 100 --keep
+    .venv/bin/python bench/concurrency.py postgres                   # 3 servers x 16 clients, twice
+    .venv/bin/python bench/concurrency.py postgres --db-url postgresql://me@db/empty --no-restart
 
 The exit code is 1 when a check failed (an error, a missing or doubled write, integrity not ok).
 The test suite runs small versions of both loads through `stdio_load` and `http_load`
@@ -30,6 +41,7 @@ The test suite runs small versions of both loads through `stdio_load` and `http_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -42,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -82,7 +94,7 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def server_env(db: Path) -> dict[str, str]:
+def server_env(db: Path | str) -> dict[str, str]:
     """Stdio clients pass a cut-down environment: give the servers what they need explicitly."""
     keep = {"PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR", "PYTHONPATH"}
     env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("SOUL_MCP_")}
@@ -102,6 +114,32 @@ def file_facts(db: Path) -> dict[str, Any]:
                 for row in conn.execute("SELECT content FROM document_versions WHERE document = 'intent'")
             },
         }
+
+
+def postgres_facts(url: str) -> dict[str, Any]:
+    """What is in the database: the memories, the intent's versions (all, to find a doubled one)."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=30) as db:
+        versions = db.execute(
+            "SELECT version, content FROM document_versions WHERE document = 'intent' ORDER BY version"
+        ).fetchall()
+        contents = [row[0] for row in db.execute("SELECT content FROM memories")]
+    numbers = [v for v, _ in versions]
+    return {
+        # PostgreSQL checks its own pages; ours is that versions are numbered 1..n, once each.
+        "integrity": "ok" if numbers == list(range(1, len(numbers) + 1)) else f"intent versions {numbers}",
+        "contents": contents,
+        "intents": {content for _, content in versions},
+    }
+
+
+def store_facts(db: Path | str) -> dict[str, Any]:
+    return postgres_facts(db) if isinstance(db, str) else file_facts(db)
+
+
+# A tool error during an outage must say this much (soul_mcp/storage/postgres.py's `unavailable`).
+CLEAR_OUTAGE_ERROR = ("database unavailable", "try again")
 
 
 def _error_text(result: Any) -> str:
@@ -198,7 +236,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_token(db: Path, name: str = "bench") -> str:
+def make_token(db: Path | str, name: str = "bench") -> str:
     """A read+write token, made the way a person would: `soul-mcp token create`."""
     done = subprocess.run(
         [
@@ -225,7 +263,7 @@ def make_token(db: Path, name: str = "bench") -> str:
 
 
 @contextmanager
-def http_server(db: Path, log: Path, auth: bool = True) -> Iterator[str]:
+def http_server(db: Path | str, log: Path, auth: bool = True) -> Iterator[str]:
     """`soul-mcp serve --http` on a free loopback port until the block ends (then SIGTERM)."""
     port = free_port()
     flags = [] if auth else ["--insecure-no-auth"]
@@ -286,12 +324,25 @@ async def http_client(url: str, token: str | None, mode: str) -> AsyncIterator[C
         yield client
 
 
+Outage = Callable[[float], Awaitable[tuple[float, float]]]
+
+
 async def http_load(
-    url: str, db: Path, token: str | None, clients: int = 32, duration: float = 30.0, seed: int = 1
+    url: str | Sequence[str],
+    db: Path | str,
+    token: str | None,
+    clients: int = 32,
+    duration: float = 30.0,
+    seed: int = 1,
+    outage: Outage | None = None,
 ) -> dict[str, Any]:
-    """C clients mixing recall, remember and write_intent on `url` for `duration` seconds."""
+    """C clients mixing recall, remember and write_intent on `url` (a list: client c on the c-th,
+    round robin) for `duration` seconds. `outage`, given the load's deadline, takes the database
+    away in the middle and returns when it went down and came back (perf_counter times)."""
+    urls = [url] if isinstance(url, str) else list(url)
     latencies: dict[str, list[float]] = {"recall": [], "remember": [], "write_intent": []}
     errors: list[str] = []
+    failed: list[tuple[float, float, str]] = []  # each error's start, end and text
     remembered: list[str] = []
     intents: list[str] = []
     ready = 0
@@ -301,12 +352,14 @@ async def http_load(
     async def one_client(c: int) -> None:
         nonlocal ready
         rng = random.Random(seed * 1000 + c)
-        async with http_client(url, token, MODES[c % 2]) as client:
+        async with http_client(urls[c % len(urls)], token, MODES[c % 2]) as client:
             ready += 1
             if ready == clients:
                 window["start"] = time.perf_counter()
                 window["deadline"] = window["start"] + duration
                 all_ready.set()
+                if outage is not None:
+                    tg.start_soon(disturb)
             await all_ready.wait()
             n = 0
             while time.perf_counter() < window["deadline"]:
@@ -325,14 +378,20 @@ async def http_load(
                     result = await client.call_tool(op, args)
                 except Exception as exc:  # a dropped connection or a timeout is an error to count
                     errors.append(f"client {c} {op}: {type(exc).__name__}: {exc}")
+                    failed.append((started, time.perf_counter(), f"{type(exc).__name__}: {exc}"))
                     continue
                 latencies[op].append(time.perf_counter() - started)
                 if result.is_error:
                     errors.append(f"client {c} {op}: {_error_text(result)}")
+                    failed.append((started, time.perf_counter(), _error_text(result)))
                 elif op == "remember":
                     remembered.append(args["content"])
                 elif op == "write_intent":
                     intents.append(args["content"])
+
+    async def disturb() -> None:
+        assert outage is not None
+        window["down"], window["back"] = await outage(window["deadline"])
 
     load = os.getloadavg()[0]
     with anyio.fail_after(START_TIMEOUT + duration + CALL_TIMEOUT * 2):
@@ -340,13 +399,14 @@ async def http_load(
             for c in range(clients):
                 tg.start_soon(one_client, c)
     elapsed = time.perf_counter() - window["start"]
-    facts = file_facts(db)
+    facts = store_facts(db)
     stored = set(facts["contents"])
     calls = sum(len(v) for v in latencies.values())
     missing = [content for content in remembered if content not in stored]
     missing_intents = [content for content in intents if content not in facts["intents"]]
-    return {
-        "load": "http",
+    report: dict[str, Any] = {
+        "load": "http" if isinstance(db, Path) else "postgres",
+        "servers": len(urls),
         "clients": clients,
         "duration_seconds": duration,
         "elapsed_seconds": round(elapsed, 2),
@@ -362,8 +422,39 @@ async def http_load(
         "intents_written": len(intents),
         "missing_intents": len(missing_intents),
         "integrity": facts["integrity"],
+        "doubled": len(facts["contents"]) - len(stored),
         "load_before": load,
         "ok": not errors and not missing and not missing_intents and facts["integrity"] == "ok" and calls > 0,
+    }
+    if outage is not None and "down" in window:
+        report.update(outage_facts(failed, window["down"], window["back"], window["start"]))
+        report["ok"] = (
+            not report["errors_outside_outage"] and not report["unclear_errors"] and not missing
+            and not missing_intents and facts["integrity"] == "ok" and not report["doubled"]
+        )  # fmt: skip
+    else:
+        report["ok"] = report["ok"] and not report["doubled"]
+    return report
+
+
+RECOVERY_GRACE_S = 3.0  # a call started this soon after the database is back may still fail
+
+
+def outage_facts(
+    failed: list[tuple[float, float, str]], down: float, back: float, start: float
+) -> dict[str, Any]:
+    """Which errors fell in the outage (ended after it began, started before it was over plus a
+    grace for the pool to reconnect), which did not say clearly what happened, and the outage."""
+    inside = [(s, e, t) for s, e, t in failed if e >= down and s <= back + RECOVERY_GRACE_S]
+    last_error = max((e for _, e, _ in inside), default=back)
+    return {
+        "outage_at_s": round(down - start, 2),
+        "outage_seconds": round(back - down, 2),
+        "errors_in_outage": len(inside),
+        "errors_outside_outage": len(failed) - len(inside),
+        "unclear_errors": sum(1 for _, _, t in failed if not all(w in t for w in CLEAR_OUTAGE_ERROR)),
+        "slowest_error_s": round(max((e - s for s, e, _ in failed), default=0.0), 2),
+        "last_error_after_back_s": round(max(0.0, last_error - back), 2),
     }
 
 
@@ -372,6 +463,58 @@ async def run_http(workdir: Path, clients: int, duration: float, auth: bool) -> 
     token = make_token(db) if auth else None
     with http_server(db, workdir / "http-server.log", auth=auth) as url:
         return await http_load(url, db, token, clients=clients, duration=duration)
+
+
+# postgres: S servers on one database, C clients, D seconds (and once more with a restart) ---------
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[Any]:
+    """The tests' throwaway PostgreSQL cluster (tests/postgres_cluster.py), stopped at the end."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from postgres_cluster import Cluster, server_binaries
+
+    binaries = server_binaries()
+    if binaries is None:
+        raise RuntimeError("PostgreSQL's server binaries (initdb, pg_ctl) were not found; or pass --db-url")
+    cluster = Cluster(binaries)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def run_postgres(
+    url: str,
+    workdir: Path,
+    servers: int,
+    clients: int,
+    duration: float,
+    restart: Any = None,
+    outage_s: float = 5.0,
+) -> dict[str, Any]:
+    """S HTTP servers on the empty database `url`; `restart` (a Cluster) takes it down mid-run."""
+
+    async def outage(deadline: float) -> tuple[float, float]:
+        await anyio.sleep(max(0.0, deadline - duration / 2 - outage_s / 2 - time.perf_counter()))
+        down = time.perf_counter()
+        await anyio.to_thread.run_sync(restart.stop_server)
+        await anyio.sleep(outage_s)
+        await anyio.to_thread.run_sync(restart.start_server)
+        return down, time.perf_counter()
+
+    token = make_token(url)
+    with contextlib.ExitStack() as stack:
+        urls = [
+            stack.enter_context(
+                http_server(url, workdir / f"pg-server-{n}{'-restart' if restart else ''}.log")
+            )
+            for n in range(servers)
+        ]
+        return await http_load(
+            urls, url, token, clients=clients, duration=duration, outage=outage if restart else None
+        )
 
 
 # Command line ------------------------------------------------------------------------------------
@@ -407,6 +550,17 @@ def print_report(report: dict[str, Any]) -> None:
         )
     else:
         lat = report["latency"]
+        if report["load"] == "postgres":
+            print(f"postgres: {report['servers']} servers, doubled memories {report['doubled']}", end="")
+            if "outage_seconds" in report:
+                print(
+                    f"; restart at {report['outage_at_s']} s, down {report['outage_seconds']} s: "
+                    f"{report['errors_in_outage']} errors in the outage, {report['errors_outside_outage']} "
+                    f"outside, {report['unclear_errors']} unclear, slowest error {report['slowest_error_s']} s, "
+                    f"last error {report['last_error_after_back_s']} s after it was back",
+                    end="",
+                )
+            print()
         per_op = ", ".join(
             f"{op} {s['count']} (p50 {s['p50_ms']} / p95 {s['p95_ms']} ms)"
             for op, s in report["by_operation"].items()
@@ -424,10 +578,14 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("load", choices=["stdio", "http", "all"])
+    parser.add_argument("load", choices=["stdio", "http", "all", "postgres"])
     parser.add_argument("--processes", type=int, default=8, help="stdio servers (default 8)")
     parser.add_argument("--writes", type=int, default=500, help="remembers per stdio server (default 500)")
-    parser.add_argument("--clients", type=int, default=32, help="HTTP clients (default 32)")
+    parser.add_argument("--clients", type=int, help="HTTP clients (default 32; postgres 16)")
+    parser.add_argument("--servers", type=int, default=3, help="HTTP servers in postgres (default 3)")
+    parser.add_argument("--db-url", help="postgres: an empty database to use instead of a throwaway cluster")
+    parser.add_argument("--no-restart", action="store_true", help="postgres: skip the run with a restart")
+    parser.add_argument("--outage", type=float, default=5.0, help="postgres: seconds the database is down")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of HTTP load (default 30)")
     parser.add_argument("--no-auth", action="store_true", help="HTTP without tokens (--insecure-no-auth)")
     parser.add_argument("--workdir", type=Path, help="where the databases go (default: a temporary folder)")
@@ -448,8 +606,32 @@ def main(argv: list[str] | None = None) -> int:
         if args.load in ("http", "all"):
             for stale in ("http.db", "http.db-wal", "http.db-shm"):
                 (workdir / stale).unlink(missing_ok=True)
-            reports.append(anyio.run(run_http, workdir, args.clients, args.duration, not args.no_auth))
+            reports.append(anyio.run(run_http, workdir, args.clients or 32, args.duration, not args.no_auth))
             print_report(reports[-1])
+        if args.load == "postgres":
+            clients = args.clients or 16
+            if args.db_url:
+                reports.append(
+                    anyio.run(run_postgres, args.db_url, workdir, args.servers, clients, args.duration)
+                )
+                print_report(reports[-1])
+            else:
+                with throwaway_cluster() as cluster:
+                    for restart in (None,) if args.no_restart else (None, cluster):
+                        url = cluster.url(cluster.new_database())
+                        reports.append(
+                            anyio.run(
+                                run_postgres,
+                                url,
+                                workdir,
+                                args.servers,
+                                clients,
+                                args.duration,
+                                restart,
+                                args.outage,
+                            )
+                        )
+                        print_report(reports[-1])
     finally:
         if args.keep or args.workdir:
             print(f"databases kept in {workdir}", file=sys.stderr)

@@ -518,3 +518,34 @@ def test_token_commands(tmp_path: Path) -> None:
     assert revoked.returncode == 0 and "Revoked" in revoked.stdout
     assert "revoked" in cli("token", "list").stdout
     assert cli("token", "revoke", "nobody").returncode == 1
+
+
+@pytest.mark.anyio
+async def test_in_a_database_outage_only_tokens_still_valid_pass_the_door(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from soul_mcp.errors import StorageError
+    from soul_mcp.server.access import StoreTokenVerifier
+    from soul_mcp.server.state import SelfHolder
+
+    holder = SelfHolder(settings)
+    async with holder.session() as session:
+        agent_self = session.agent_self
+        kept = (await agent_self.create_token("kept", "read")).token
+        gone = (await agent_self.create_token("gone", "read,write")).token
+        verifier = StoreTokenVerifier(holder)
+        assert (await verifier.verify_token(kept)) is not None
+        assert (await verifier.verify_token(gone)) is not None
+        await agent_self.revoke_token("gone")
+        assert await verifier.verify_token(gone) is None
+
+        async def unavailable(token: str) -> None:
+            raise StorageError("database unavailable at postgresql://x/db; retrying")
+
+        monkeypatch.setattr(agent_self, "check_token", unavailable)
+        accepted = await verifier.verify_token(kept)
+        assert accepted is not None and accepted.client_id == "kept" and accepted.scopes == ["read"]
+        with pytest.raises(Exception, match="cannot use its database"):
+            await verifier.verify_token(gone)
+        with pytest.raises(Exception, match="cannot use its database"):
+            await verifier.verify_token("never-seen")

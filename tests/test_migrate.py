@@ -23,8 +23,6 @@ from soul_mcp.recall import Recall, SearchQuery
 from soul_mcp.storage.sqlite import SQLiteStore
 from soul_mcp.transfer import CountMismatch, count_mismatches, open_rows, transfer
 
-pytest_plugins = ["postgres_cluster"]
-
 NOW = "2024-05-08T10:00:00Z"
 MODEL = "test-model"
 QUERIES = ("tea", "maya garden", "berlin", "what happened in May", "meeting")

@@ -484,8 +484,6 @@ async def test_servers_opening_a_new_database_at_once_migrate_it_once(postgres_u
         diagnosis = await opened[0].diagnose()
         assert diagnosis.schema_version == SCHEMA_VERSION and diagnosis.index_check == "ok"
         await opened[0].check_intact()
-        with pytest.raises(StorageError, match="pg_dump"):
-            await opened[0].backup(Path("x.db"))
     finally:
         for s in opened:
             await s.close()
@@ -558,3 +556,25 @@ def test_stats_and_doctor_describe_a_postgresql_database(
     assert "PostgreSQL, synchronous_commit=on" in report
     assert "no database at" not in report and "file permissions" not in report
     assert list(tmp_path.iterdir()) == []
+
+
+def test_backup_of_a_postgresql_self_is_a_checked_sqlite_copy(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from soul_mcp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUL_MCP_DB", postgres_url)
+    assert main(["remember", "Maya likes green tea"]) in (0, None)
+    assert main(["remember", "The garden needs water"]) in (0, None)
+    capsys.readouterr()
+    assert main(["backup", str(tmp_path / "copy.db")]) in (0, None)
+    out = capsys.readouterr().out
+    assert "integrity ok" in out and "Memories: 2 active" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db"]  # no partial file left
+    monkeypatch.setenv("SOUL_MCP_DB", str(tmp_path / "copy.db"))
+    assert main(["recall", "tea"]) in (0, None)
+    assert "Maya likes green tea" in capsys.readouterr().out
+    monkeypatch.setenv("SOUL_MCP_DB", postgres_url)
+    assert main(["backup", str(tmp_path / "copy.db")]) == 1  # exists: only with --force
+    assert main(["backup", "--force", str(tmp_path / "copy.db")]) in (0, None)

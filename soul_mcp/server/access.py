@@ -336,6 +336,10 @@ def require_approval(outcome: ElicitationResult[Any], document: str) -> None:
 # Bearer tokens -----------------------------------------------------------------------------------
 
 TOUCH_SECONDS = 60.0  # last_used_at is kept to the minute: one write per token per minute at most
+# While the database is unavailable, a token this server accepted this recently is let through, so
+# the tool answers "database unavailable, retrying" (which needs the database for everything it does)
+# rather than the request failing at the door with an HTTP error the model never reads.
+OUTAGE_TRUST_SECONDS = 900.0
 
 
 class StoreTokenVerifier:
@@ -344,12 +348,17 @@ class StoreTokenVerifier:
     def __init__(self, holder: SelfHolder) -> None:
         self.holder = holder
         self._touched: dict[str, float] = {}
+        self._accepted: dict[str, tuple[AccessToken, float]] = {}  # by the token's hash
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
         try:
             agent_self = await self.holder.ready()
             info = await agent_self.check_token(token)
         except StorageError as exc:
+            accepted = self._accepted.get(key)
+            if accepted is not None and time.monotonic() - accepted[1] < OUTAGE_TRUST_SECONDS:
+                return accepted[0]
             # Not the caller's fault, and a 401 would send them to check their token. The reason
             # (with the database's path) goes to the log only: the caller is not known yet.
             log.error("cannot check a token: %s", exc)
@@ -357,6 +366,7 @@ class StoreTokenVerifier:
                 "the server cannot use its database; its operator can run `soul-mcp doctor`"
             ) from None
         if info is None:
+            self._accepted.pop(key, None)  # revoked (or never valid): not trusted in an outage either
             return None
         now = time.monotonic()
         if now - self._touched.get(info.name, -TOUCH_SECONDS) >= TOUCH_SECONDS:
@@ -366,4 +376,6 @@ class StoreTokenVerifier:
             except SoulError as exc:  # bookkeeping only: never refuse a request over it
                 log.warning("could not record the use of token %r: %s", info.name, exc)
         # `token` is required by the model; the secret itself is not kept past this check.
-        return AccessToken(token="", client_id=info.name, scopes=list(info.scopes))
+        access = AccessToken(token="", client_id=info.name, scopes=list(info.scopes))
+        self._accepted[key] = (access, now)
+        return access

@@ -15,12 +15,16 @@ connection, this process's writer included) every POLL_SECONDS, and when it move
 latest version of each document with the last seen. After every tool call the server pokes the
 watcher, so a change made here is announced at once instead of at the next poll. Each change is
 announced once per process, whoever noticed it first.
+
+A store that can tell of other servers' writes (PostgreSQL's LISTEN/NOTIFY: `wait_for_change`)
+pokes the watcher too, so a write through another server is announced within a round trip; the
+polling stays, as the fallback for a ping lost while the listening connection was down.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -62,6 +66,7 @@ class LiveUpdates:
         self._check_lock: anyio.Lock | None = None
         self._wake: anyio.Event | None = None
         self._watchers = 0  # lifespans running a watcher on this object
+        self._failing = False  # the last check failed (its warning is not repeated every poll)
 
     def install(self, server: MCPServer[Any]) -> None:
         """Serve resources/subscribe and resources/unsubscribe, and poke the watcher after tools.
@@ -184,6 +189,10 @@ class LiveUpdates:
             await self._check_quietly(store)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, store)
+                # Optional in the Store interface: True when another writer wrote meanwhile.
+                wait_for_change = getattr(store, "wait_for_change", None)
+                if wait_for_change is not None:
+                    tg.start_soon(self._listen, wait_for_change)
                 try:
                     yield
                 finally:
@@ -200,10 +209,29 @@ class LiveUpdates:
                 self._wake = anyio.Event()  # pokes from now on wake the next round
             await self._check_quietly(store)
 
+    async def _listen(self, wait_for_change: Callable[[float], Awaitable[bool]]) -> None:
+        while True:
+            try:
+                if await wait_for_change(self.poll_seconds):
+                    self.poke()
+            except Exception as exc:  # the polling goes on; a listener that fails must not spin
+                log.debug("waiting for a change signal failed: %s", exc)
+                await anyio.sleep(self.poll_seconds)
+
     async def _check_quietly(self, store: Store) -> None:
         try:
             await self.check(store)
         except Exception as exc:  # a busy or failing database must not take the server down
-            log.warning(
-                "could not check the database for changes: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            # Once per outage at warning level: a database away for a minute would log 120 lines.
+            level = logging.DEBUG if self._failing else logging.WARNING
+            self._failing = True
+            log.log(
+                level,
+                "could not check the database for changes: %s",
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
             )
+        else:
+            if self._failing:
+                log.info("checking the database for changes again")
+            self._failing = False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ from soul_mcp.models import (
     TokenInfo,
 )
 from soul_mcp.storage.base import EmbeddingJob
+from soul_mcp.storage.postgres_notify import ChangeListener
 from soul_mcp.storage.postgres_recall import (
     MEMORY_COLUMNS,
     PostgresRecall,
@@ -58,6 +60,13 @@ log = logging.getLogger(__name__)
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 5  # a call while the database is away fails after this, never hangs
+# Once a call found the database away, the next ones wait this long for a connection (the pool keeps
+# trying meanwhile), so that an outage answers each call in about a second, not five.
+OUTAGE_WAIT_S = 1.0
+# The pool's reconnection attempts back off (1, 2, 4 s ...) until they give up after this; the next
+# call then starts a new round at once, so a database back after a long outage is found within a
+# second or two instead of at the end of a long pause.
+RECONNECT_GIVE_UP_S = 5.0
 POOL_SIZE = 8
 VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from"
 TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
@@ -131,6 +140,8 @@ class PostgresStore(PostgresRecall):
         self.migrated_from: int | None = None
         self._tokens = Tokens()
         self._tokenized = 0
+        self._listener: ChangeListener | None = None
+        self._unavailable = False  # the last call found the database away
 
     @classmethod
     async def open(cls, url: str, pool_size: int = POOL_SIZE) -> PostgresStore:
@@ -157,6 +168,7 @@ class PostgresStore(PostgresRecall):
             # A connection the database dropped is replaced before it is handed out.
             check=AsyncConnectionPool.check_connection,
             timeout=CONNECT_TIMEOUT_S,
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             open=False,
             name="soul-mcp",
         )
@@ -178,7 +190,21 @@ class PostgresStore(PostgresRecall):
         return store
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         await self._pool.close()
+
+    def _connection_lost(self) -> None:
+        self._unavailable = True  # until a call gets a connection again
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for another writer's "changed" ping (postgres_notify.py);
+        True when one came. A hint only: the watcher reads the facts from the tables."""
+        if self._listener is None:
+            self._listener = ChangeListener(
+                self._conninfo, self.shown, CONNECT_TIMEOUT_S, self._connection_lost
+            )
+        return await self._listener.wait(timeout)
 
     async def _migrate(self) -> int:
         async with self._pool.connection() as conn, conn.transaction():
@@ -212,8 +238,19 @@ class PostgresStore(PostgresRecall):
         from psycopg_pool import PoolTimeout
 
         if isinstance(exc, PoolTimeout | psycopg.OperationalError):
+            self._unavailable = True
             return unavailable(exc, self.shown)
         return StorageError(f"the database {self.shown} failed: {exc}")
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection, waited for briefly while the database is known to be away."""
+        wait = OUTAGE_WAIT_S if self._unavailable else CONNECT_TIMEOUT_S
+        async with self._pool.connection(timeout=wait) as conn:
+            if self._unavailable:
+                log.info("the database %s is available again", self.shown)
+                self._unavailable = False
+            yield conn
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -221,7 +258,7 @@ class PostgresStore(PostgresRecall):
         from psycopg_pool import PoolTimeout
 
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 yield conn
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._error(exc) from exc
@@ -231,7 +268,7 @@ class PostgresStore(PostgresRecall):
         from psycopg_pool import PoolTimeout
 
         try:
-            async with self._pool.connection() as conn:
+            async with self._connection() as conn:
                 cursor = await conn.execute(sql, params)
                 return await cursor.fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
@@ -489,10 +526,36 @@ class PostgresStore(PostgresRecall):
         return {name: int(head) for name, head in rows}
 
     async def backup(self, target: Path) -> Backup:
-        raise StorageError(
-            f"backup copies SQLite files; for the PostgreSQL database {self.shown} use pg_dump "
-            "(e.g. pg_dump --format=custom --file=soul.dump DBNAME) or the server's own backups"
-        )
+        """A portable copy: the whole self as a SQLite file (what `migrate` writes), from one
+        consistent snapshot of the database, checked before it takes the name asked for. The
+        database's own backups (pg_dump, base backups) are the server operator's, beside this."""
+        import secrets
+
+        from soul_mcp.storage.sqlite import SQLiteStore
+        from soul_mcp.transfer import migrate
+
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        try:
+            await migrate(self._conninfo, str(partial))
+            copy = await SQLiteStore.open(partial)
+            try:
+                integrity = await copy.integrity_check()
+                stats = await copy.stats()
+            finally:
+                await copy.close()
+            if integrity != "ok":
+                raise StorageError(
+                    f"the backup failed its integrity check ({integrity}); nothing was written"
+                )
+            os.replace(partial, target)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the backup {target}: {exc.strerror or exc}; nothing was written"
+            ) from exc
+        finally:
+            for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+                leftover.unlink(missing_ok=True)
+        return Backup(path=str(target), bytes=target.stat().st_size, integrity=integrity, stats=stats)
 
     # Tokens ------------------------------------------------------------------------------------
 

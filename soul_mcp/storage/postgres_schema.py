@@ -20,6 +20,8 @@ from __future__ import annotations
 
 # An arbitrary 64-bit key for pg_advisory_xact_lock: "soul-mcp" in ASCII.
 MIGRATION_LOCK = 0x736F756C2D6D6370
+# The LISTEN/NOTIFY channel of migration 2's ping.
+CHANGE_CHANNEL = "soul_mcp_changed"
 
 MIGRATIONS: list[str] = [
     # 1: documents, memories with their text index, tags, change log, sessions, tokens, embeddings.
@@ -152,6 +154,21 @@ MIGRATIONS: list[str] = [
         last_used_at text,
         revoked_at   text
     );
+    """,
+    # 2: a "changed" ping for the other servers (storage/postgres_notify.py), sent at commit by any
+    # transaction that made a document version or changed a memory. The ping carries nothing: the
+    # listeners read the facts from the tables. One per statement, and PostgreSQL folds identical
+    # pings of one transaction into one.
+    f"""
+    CREATE FUNCTION soul_notify_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{CHANGE_CHANNEL}', '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER document_heads_notify AFTER INSERT OR UPDATE ON document_heads
+    FOR EACH STATEMENT EXECUTE FUNCTION soul_notify_changed();
+    CREATE TRIGGER memory_changes_notify AFTER INSERT ON memory_changes
+    FOR EACH STATEMENT EXECUTE FUNCTION soul_notify_changed();
     """,
 ]
 
