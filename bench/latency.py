@@ -33,12 +33,20 @@ With --fresh it measures instead what a person meets: per size, fresh servers pe
 151-200 after the spawn, with no warm-up or settle time, on NaturalCorpus (the issue's corpus):
 
     .venv/bin/python bench/latency.py --sizes 100000 --workdir /tmp/soul-bench --fresh [--semantic]
+
+With --postgres (a throwaway cluster started here, as the tests start theirs) or --db-url URL (a
+PostgreSQL server whose user may create databases), each size also runs the SDK, raw and in-process
+legs on a PostgreSQL database holding the same fill, beside the SQLite legs, which stay as they are:
+
+    .venv/bin/python bench/latency.py --sizes 100000 --postgres --skip-imports
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import glob
 import itertools
 import json
@@ -60,6 +68,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from soul_mcp import __version__
 from soul_mcp.config import Semantic, Settings
@@ -398,6 +407,96 @@ async def fill(path: Path, count: int, corpus: Corpus) -> dict[str, Any]:
     return {"seconds": round(time.perf_counter() - started, 2), "memories": done}
 
 
+async def fill_postgres(url: str, count: int, corpus: Corpus) -> dict[str, Any]:
+    """The same fill on PostgreSQL, through PostgresStore's own insert path (the memory row with its
+    tsvector and term frequencies, the tag rows, the triggers that keep the change log and the text
+    totals), FILL_BATCH per transaction."""
+    from soul_mcp.storage.postgres import PostgresStore
+
+    started = time.perf_counter()
+    store = await PostgresStore.open(url)
+    done = stored = 0
+    try:
+        memories = corpus.fill_memories(count)
+        while done < count:
+            batch = [next(memories) for _ in range(min(FILL_BATCH, count - done))]
+            async with store._transaction() as db:
+                for new, created_at in batch:
+                    stored += await store._insert_memory(db, new, created_at) is not None
+            done += len(batch)
+    finally:
+        await store.close()
+    seconds = round(time.perf_counter() - started, 2)
+    # What autovacuum would otherwise do during the first leg: the visibility map and hint bits
+    # set, statistics for the planner; then the dirty pages written out. The SQLite fill is likewise
+    # a settled file.
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("VACUUM (ANALYZE)")
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):  # a --db-url user may not
+            db.execute("CHECKPOINT")
+    return {
+        "seconds": seconds,
+        "memories": stored,
+        "vacuum_s": round(time.perf_counter() - started - seconds, 2),
+    }
+
+
+class PostgresServer:
+    """Where the PostgreSQL legs' databases come from: the server a URL names (its user must be
+    allowed to create databases), or without one a throwaway cluster started here as the tests
+    start theirs (tests/postgres_cluster.py: initdb in a temporary folder, a free loopback port)."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.cluster: Any = None
+
+    def __enter__(self) -> PostgresServer:
+        if self.url is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from postgres_cluster import Cluster, server_binaries
+
+            binaries = server_binaries()
+            if binaries is None:
+                raise SystemExit("--postgres needs PostgreSQL's server binaries (initdb, pg_ctl)")
+            self.cluster = Cluster(binaries)
+            # The tests' cluster runs with fsync off; a benchmark of remember measures a durable one,
+            # as SQLite's synchronous=FULL is: PostgreSQL's defaults, only the port and socket set.
+            self.cluster.start_server = lambda: self.cluster._run(
+                str(binaries / "pg_ctl"), "-D", str(self.cluster.data), "-l", str(self.cluster.folder / "log"),
+                "-o", f"-p {self.cluster.port} -k {self.cluster.folder} -c listen_addresses=127.0.0.1",
+                "-w", "-t", "60", "start",
+            )  # fmt: skip
+            self.cluster.start()
+            self.url = self.cluster.url()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def _admin(self, statement: str) -> None:
+        import psycopg
+
+        assert self.url is not None
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute(statement.encode())  # a name made here, not user input
+
+    @contextlib.contextmanager
+    def database(self, name: str, keep: bool) -> Iterator[str]:
+        """The URL of a new, empty database `name` on the server; dropped afterwards unless kept."""
+        assert self.url is not None
+        self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self._admin(f"CREATE DATABASE {name} TEMPLATE template0")
+        parts = urlsplit(self.url)
+        try:
+            yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+        finally:
+            if not keep or self.cluster is not None:
+                self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def corpus_stats(path: Path) -> dict[str, Any]:
     """Size on disk, and how common the head words are: the share of memories holding each one."""
     db = sqlite3.connect(path)
@@ -419,11 +518,15 @@ def corpus_stats(path: Path) -> dict[str, Any]:
 # Server processes --------------------------------------------------------------------------------
 
 
-def server_command(db: Path) -> list[str]:
+# A SQLite file, or a PostgreSQL URL (the --postgres legs).
+Db = Path | str
+
+
+def server_command(db: Db) -> list[str]:
     return [sys.executable, "-m", "soul_mcp", "serve", "--db", str(db)]
 
 
-def server_env(db: Path) -> dict[str, str]:
+def server_env(db: Db) -> dict[str, str]:
     """What a host passes to a stdio server: a cut-down environment plus the database.
 
     The log level only silences the two INFO lines per start, which would clutter the output.
@@ -431,14 +534,15 @@ def server_env(db: Path) -> dict[str, str]:
     SOUL_MCP_WARM_START=0 too, to measure a start without the warm-start cache (server/warmstart.py).
     """
     keep = {"PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR", "PYTHONPATH", "SOUL_MCP_WARM_START"}
-    env = {k: v for k, v in os.environ.items() if k in keep}
+    # libpq's own settings (PGPASSWORD, PGPASSFILE, PGSSLMODE, ...) for a --db-url that needs them.
+    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("PG")}
     env["SOUL_MCP_DB"] = str(db)
     env["SOUL_MCP_LOG_LEVEL"] = "WARNING"
     env["SOUL_MCP_SEMANTIC"] = SEMANTIC  # explicit: with the extra installed, "auto" would be hybrid
     return env
 
 
-def child_server_pid(db: Path) -> int:
+def child_server_pid(db: Db) -> int:
     """The pid of the server the SDK client spawned: our child whose command line names the database."""
     for task in Path("/proc/self/task").iterdir():
         for pid in (task / "children").read_text().split():
@@ -464,7 +568,7 @@ def memory_kb(pid: int) -> dict[str, int]:
 class RawClient:
     """JSON-RPC over the server's pipes with nothing in between: one line out, one line back."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Db) -> None:
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close(), kept for error messages)
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
@@ -586,7 +690,7 @@ class Workload:
     warmup_remembers: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
+async def measure_sdk(db: Db, work: Workload, mode: str) -> dict[str, Any]:
     """Recall and remember round trips through the SDK's stdio client."""
     from mcp import Client, StdioServerParameters
 
@@ -661,10 +765,10 @@ async def measure_sdk(db: Path, work: Workload, mode: str) -> dict[str, Any]:
     }
 
 
-async def wait_for_indexer(db: Path, timeout_s: float = 600.0) -> float | None:
+async def wait_for_indexer(db: Db, timeout_s: float = 600.0) -> float | None:
     """In a hybrid run, wait until the running server's indexer has embedded every active memory;
-    returns the seconds waited (None when recall is BM25 alone)."""
-    if SEMANTIC == "off":
+    returns the seconds waited (None when recall is BM25 alone, and on PostgreSQL: BM25 only)."""
+    if SEMANTIC == "off" or isinstance(db, str):
         return None
     from soul_mcp.semantic.embedders import LocalE5
 
@@ -681,7 +785,7 @@ async def wait_for_indexer(db: Path, timeout_s: float = 600.0) -> float | None:
     return round(time.perf_counter() - started, 1)
 
 
-def measure_raw(db: Path, work: Workload) -> dict[str, Any]:
+def measure_raw(db: Db, work: Workload) -> dict[str, Any]:
     """The same recalls through the raw client: the server's latency plus the pipes, nothing else."""
     client = RawClient(db)
     try:
@@ -737,9 +841,13 @@ def measure_ts(db: Path, work: Workload) -> dict[str, Any] | None:
     }
 
 
-async def measure_in_process(db: Path, work: Workload) -> dict[str, Any]:
+async def measure_in_process(db: Db, work: Workload) -> dict[str, Any]:
     """The same recalls through AgentSelf.recall in this process: the domain and SQL, no MCP."""
-    agent_self = await AgentSelf.open(Settings(db_path=db, semantic=Semantic(mode=SEMANTIC)))
+    if isinstance(db, str):
+        settings = Settings(db_path=Settings.load(db).db_path, db_url=db, semantic=Semantic(mode="off"))
+    else:
+        settings = Settings(db_path=db, semantic=Semantic(mode=SEMANTIC))
+    agent_self = await AgentSelf.open(settings)
     try:
         await agent_self.recall(**work.first_recall)
         for _, arguments in work.warmup_recalls:
@@ -1180,7 +1288,31 @@ def add_random_vectors(db: Path, seed: int) -> dict[str, Any]:
     return {"random_vectors": len(rowids), "seconds": round(time.perf_counter() - started, 2)}
 
 
-async def measure_size(size: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+async def measure_postgres(
+    size: int, args: argparse.Namespace, work: Workload, postgres: PostgresServer
+) -> dict[str, Any]:
+    """The SDK, raw and in-process legs on a PostgreSQL database filled like the SQLite one."""
+    corpus: Corpus = NaturalCorpus(args.seed) if args.corpus == "natural" else Corpus(args.seed)
+    # No recall snapshot on PostgreSQL: each server's prefill fetches the common words at its start
+    # (about 6 s at 100k on a quiet machine, against 2.4 s from SQLite), so its legs settle longer.
+    work = dataclasses.replace(work, settle_s=args.settle_postgres)
+    with postgres.database(f"soul_bench_{size}", keep=args.keep_db) as url:
+        print("   PostgreSQL: filling ...", file=sys.stderr)
+        result: dict[str, Any] = {"fill": await fill_postgres(url, size, corpus)}
+        print(f"   PostgreSQL: database ready: {result['fill']}", file=sys.stderr)
+        result["load_before"] = os.getloadavg()[0]
+        print("   PostgreSQL: SDK stdio client: recall, remember ...", file=sys.stderr)
+        result["sdk"] = await measure_sdk(url, work, args.mode)
+        print("   PostgreSQL: raw stdio client: recall ...", file=sys.stderr)
+        result["raw"] = await asyncio.to_thread(measure_raw, url, work)
+        print("   PostgreSQL: in-process AgentSelf.recall ...", file=sys.stderr)
+        result["in_process"] = await measure_in_process(url, work)
+    return result
+
+
+async def measure_size(
+    size: int, args: argparse.Namespace, workdir: Path, postgres: PostgresServer | None = None
+) -> dict[str, Any]:
     print(f"\n== {size:,} memories", file=sys.stderr)
     db, fill_info = await prepare_db(size, args.seed, workdir, natural=args.corpus == "natural")
     print(f"   database ready: {fill_info}", file=sys.stderr)
@@ -1205,6 +1337,8 @@ async def measure_size(size: int, args: argparse.Namespace, workdir: Path) -> di
     result["ts"] = await asyncio.to_thread(measure_ts, db, work)
     print("   in-process AgentSelf.recall ...", file=sys.stderr)
     result["in_process"] = await measure_in_process(db, work)
+    if postgres is not None:
+        result["postgres"] = await measure_postgres(size, args, work, postgres)
     print(f"   cold start x{args.cold_runs} (SDK, raw) ...", file=sys.stderr)
     result["cold_start_sdk"] = await cold_start_sdk(db, args.cold_runs, args.mode)
     result["cold_start_raw"] = await asyncio.to_thread(cold_start_raw, db, args.cold_runs)
@@ -1249,6 +1383,9 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{size:>9}  {what:<22} {s['p50']:>7.2f} {s['p95']:>7.2f} {s['p99']:>7.2f} {s['max']:>7.2f}"
                 f"  {load:>4}{mark}"
             )
+
+    if any("postgres" in row for row in report["sizes"]):
+        print_postgres_report(report)
 
     categories = [c for c, _ in QUERY_MIX]
     print("\nrecall p50 / p95 by kind of query (SDK stdio, ms)")
@@ -1309,6 +1446,47 @@ def print_report(report: dict[str, Any]) -> None:
             f"  python -X importtime -m soul_mcp version: {version['total_ms']} ms of imports, "
             f"soul_mcp's own {version['soul_mcp_ms']} ms"
         )
+
+
+def print_postgres_report(report: dict[str, Any]) -> None:
+    """SQLite and PostgreSQL side by side: the same fill and workload, in this run."""
+    print("\nSQLite beside PostgreSQL (database on loopback), the same fill and calls, ms")
+    print("targets at 100k: recall p50 <= 5, p95 <= 15 (SDK stdio); remember p50 <= 5")
+    header = (
+        f"{'memories':>9}  {'call':<22} {'SQLite p50 / p95':>18} {'PostgreSQL p50 / p95':>22}  {'load':>9}"
+    )
+    print(header + "\n" + "-" * len(header))
+    for row in report["sizes"]:
+        pg = row.get("postgres")
+        if pg is None:
+            continue
+        lines = (
+            ("remember, Python SDK", row["sdk"]["remember"], pg["sdk"]["remember"]),
+            ("recall, Python SDK", row["sdk"]["recall"], pg["sdk"]["recall"]),
+            ("recall after remember", row["sdk"]["recall_after_write"], pg["sdk"]["recall_after_write"]),
+            ("recall, raw stdio", row["raw"]["recall"], pg["raw"]["recall"]),
+            ("recall, in-process", row["in_process"]["recall"], pg["in_process"]["recall"]),
+        )
+        for i, (what, lite, post) in enumerate(lines):
+            size = f"{row['memories']:,}" if i == 0 else ""
+            load = f"{row['load_before']:.1f} / {pg['load_before']:.1f}" if i == 0 else ""
+            mark = ""
+            if row["memories"] >= 100_000 and what in ("recall, Python SDK", "remember, Python SDK"):
+                mark = f"  p50 {_mark(post['p50'], TARGETS['recall_p50_ms'])}"
+                if what.startswith("recall"):
+                    mark += f", p95 {_mark(post['p95'], TARGETS['recall_p95_ms'])}"
+            print(
+                f"{size:>9}  {what:<22} {lite['p50']:>8.2f} / {lite['p95']:<7.2f} "
+                f"{pg_cell(post):>22}  {load:>9}{mark}"
+            )
+        print(
+            f"{'':>9}  first recall: SQLite {row['sdk']['first_recall_ms']:.1f} ms, PostgreSQL "
+            f"{pg['sdk']['first_recall_ms']:.1f} ms; PostgreSQL fill {pg['fill']['seconds']} s"
+        )
+
+
+def pg_cell(s: dict[str, Any]) -> str:
+    return f"{s['p50']:.2f} / {s['p95']:.2f}"
 
 
 def machine() -> dict[str, Any]:
@@ -1378,6 +1556,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fresh-remembers", type=int, default=20, help="--fresh: remember + recall pairs per spawn, last"
     )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also run the SDK, raw and in-process legs on PostgreSQL, on a throwaway cluster started "
+        "here (needs initdb and pg_ctl); BM25 only, not with --fresh",
+    )
+    where.add_argument(
+        "--db-url",
+        metavar="URL",
+        help="the same on this PostgreSQL server (its user must be allowed to CREATE DATABASE; the "
+        "database soul_bench_SIZE is replaced, and dropped at the end unless --keep-db)",
+    )
+    parser.add_argument(
+        "--settle-postgres",
+        type=float,
+        default=20.0,
+        help="--settle for the PostgreSQL legs, whose servers fetch the commonest words at each start",
+    )
     parser.add_argument(
         "--corpus",
         choices=["agent", "natural"],
@@ -1387,6 +1584,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.corpus is None:
         args.corpus = "natural" if args.fresh else "agent"
+    if (args.postgres or args.db_url) and (args.fresh or args.semantic):
+        parser.error(
+            "the PostgreSQL legs run in the steady-state mode with BM25: not with --fresh or --semantic"
+        )
     if args.fresh and args.fresh_questions < LATE.stop:
         parser.error(f"--fresh-questions must be at least {LATE.stop}")
     args.sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -1407,7 +1608,10 @@ async def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "sizes": [],
     }
+    postgres = PostgresServer(args.db_url) if args.postgres or args.db_url else None
     try:
+        if postgres is not None:
+            postgres.__enter__()
         if args.fresh:
             if SEMANTIC != "off":
                 print("timing the model's load ...", file=sys.stderr)
@@ -1419,8 +1623,10 @@ async def main(argv: list[str] | None = None) -> int:
                 print("timing imports ...", file=sys.stderr)
                 report["imports"] = await asyncio.to_thread(measure_imports, 5)
             for size in args.sizes:
-                report["sizes"].append(await measure_size(size, args, workdir))
+                report["sizes"].append(await measure_size(size, args, workdir, postgres))
     finally:
+        if postgres is not None:
+            postgres.__exit__(None, None, None)
         if args.workdir is None and not args.keep_db:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -1,8 +1,11 @@
 """Recall quality on LoCoMo-shaped data, through soul-mcp's own storage and recall code.
 
     python bench/locomo.py ../shared/eval/locomo-dev.json [--json OUT] [--semantic]
+    python bench/locomo.py ../shared/eval/locomo-dev.json --postgres            # a throwaway cluster
+    python bench/locomo.py ../shared/eval/locomo-dev.json --db-url postgresql://me@127.0.0.1/postgres
 
-For each conversation: a fresh database; every dialogue turn stored as a memory ("Speaker: text",
+For each conversation: a fresh database (a SQLite file; with --db-url or --postgres, a new
+PostgreSQL database on that server, created and dropped by the script); every dialogue turn stored as a memory ("Speaker: text",
 occurred_at = the session's date); then every question with evidence is asked through recall, and
 the ranked memory ids are scored against the evidence turn ids. recall@k counts a question as found
 when any evidence turn is in the top k. The data is read at run time and never copied (its licence,
@@ -15,14 +18,18 @@ import argparse
 import json
 import math
 import re
+import secrets
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
@@ -72,11 +79,61 @@ def score(ranked: list[set[str]], gold: set[str]) -> dict[str, float]:
     return metrics
 
 
+class PostgresServer:
+    """Where the PostgreSQL databases come from: a server the URL names (its user must be allowed to
+    create databases), or without a URL a throwaway cluster started here as the tests start theirs
+    (tests/postgres_cluster.py: initdb in a temporary folder, a free loopback port, removed at exit)."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.cluster: Any = None
+
+    def __enter__(self) -> PostgresServer:
+        if self.url is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from postgres_cluster import Cluster, server_binaries
+
+            binaries = server_binaries()
+            if binaries is None:
+                raise SystemExit("--postgres needs PostgreSQL's server binaries (initdb, pg_ctl)")
+            self.cluster = Cluster(binaries)
+            self.cluster.start()
+            self.url = self.cluster.url()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def _admin(self) -> Any:
+        import psycopg
+
+        assert self.url is not None
+        return psycopg.connect(self.url, autocommit=True)
+
+    @contextmanager
+    def database(self) -> Iterator[str]:
+        """The URL of a new, empty database on the server, dropped afterwards."""
+        assert self.url is not None
+        name = "soul_bench_" + secrets.token_hex(5)
+        with self._admin() as db:
+            db.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+        try:
+            parts = urlsplit(self.url)
+            yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+        finally:
+            with self._admin() as db:
+                db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 async def run_conversation(
-    sample: dict[str, Any], folder: Path, semantic: bool
+    sample: dict[str, Any], folder: Path, semantic: bool, db_url: str | None = None
 ) -> tuple[list[Any], list[float]]:
+    # With a URL, db_path only names the database (as the command line makes it).
+    db_path = Settings.load(db_url).db_path if db_url else folder / f"{sample.get('sample_id', 'conv')}.db"
     settings = Settings(
-        db_path=folder / f"{sample.get('sample_id', 'conv')}.db",
+        db_path=db_path,
+        db_url=db_url,
         synchronous="NORMAL",
         semantic=Semantic(mode="local" if semantic else "off"),
     )
@@ -109,13 +166,17 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.fmean(r[key] for r in rows), 4) if rows else 0.0 for key in keys}
 
 
-async def evaluate(path: Path, semantic: bool) -> dict[str, Any]:
+async def evaluate(path: Path, semantic: bool, postgres: PostgresServer | None = None) -> dict[str, Any]:
     data = json.loads(path.read_text())
     all_results: list[tuple[str, dict[str, float]]] = []
     latencies: list[float] = []
     with tempfile.TemporaryDirectory() as folder:
         for sample in data:
-            results, lat = await run_conversation(sample, Path(folder), semantic)
+            if postgres is None:
+                results, lat = await run_conversation(sample, Path(folder), semantic)
+            else:
+                with postgres.database() as url:
+                    results, lat = await run_conversation(sample, Path(folder), semantic, url)
             all_results += results
             latencies += lat
     by_category: dict[str, list[dict[str, float]]] = defaultdict(list)
@@ -135,6 +196,7 @@ async def evaluate(path: Path, semantic: bool) -> dict[str, Any]:
         "search": "hybrid" if semantic else "bm25",
         "semantic": semantic,
         "conversations": len(data),
+        "store": "postgresql" if postgres is not None else "sqlite",
     }
     if semantic:
         from soul_mcp.recall import hybrid
@@ -166,8 +228,24 @@ def main() -> None:
     parser.add_argument("path", type=Path, help="LoCoMo-shaped JSON (e.g. ../shared/eval/locomo-dev.json)")
     parser.add_argument("--semantic", action="store_true", help="hybrid search (needs the semantic extra)")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--db-url",
+        metavar="URL",
+        help="store each conversation in a new database on this PostgreSQL server (its user must be "
+        "allowed to CREATE DATABASE; each one is dropped after its conversation)",
+    )
+    where.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the same on a throwaway PostgreSQL cluster started here (needs initdb and pg_ctl)",
+    )
     args = parser.parse_args()
-    report = anyio.run(evaluate, args.path, args.semantic)
+    if args.db_url or args.postgres:
+        with PostgresServer(args.db_url) as server:
+            report = anyio.run(evaluate, args.path, args.semantic, server)
+    else:
+        report = anyio.run(evaluate, args.path, args.semantic)
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -64,6 +64,9 @@ def shown_url(url: str) -> str:
 
     parts = urlsplit(url)
     user = f"{parts.username}@" if parts.username else ""
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    if "," in hosts:  # several hosts, each maybe with its port (libpq's failover list): as given
+        return f"{parts.scheme}://{user}{hosts}{parts.path}"
     try:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:

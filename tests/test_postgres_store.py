@@ -578,3 +578,28 @@ def test_backup_of_a_postgresql_self_is_a_checked_sqlite_copy(
     monkeypatch.setenv("SOUL_MCP_DB", postgres_url)
     assert main(["backup", str(tmp_path / "copy.db")]) == 1  # exists: only with --force
     assert main(["backup", "--force", str(tmp_path / "copy.db")]) in (0, None)
+
+
+def test_init_names_a_postgresql_database_by_its_url(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from soul_mcp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    password_url = postgres_url.replace("soul@", "soul:not-the-password@")
+    assert main(["init", "--db", password_url]) in (0, None)
+    out = capsys.readouterr().out
+    assert f"Created the database at {postgres_url}." in out
+    assert f"soul-mcp doctor --db {postgres_url}" in out and "not-the-password" not in out
+    assert main(["remember", "--db", postgres_url, "Maya likes green tea"]) in (0, None)
+    capsys.readouterr()
+    assert main(["init", "--db", postgres_url]) in (0, None)
+    assert "already exists (1 active memory" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_url_of_several_hosts_with_ports_is_shown_as_given_without_its_password() -> None:
+    settings = Settings.load(
+        "postgresql://soul:secret@db1:5432,db2:5433/self?target_session_attrs=read-write"
+    )
+    assert settings.shown_db == "postgresql://soul@db1:5432,db2:5433/self"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 from typing import Any
 
 from soul_mcp import __version__
@@ -31,13 +32,16 @@ def add_init(sub: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def init(args: argparse.Namespace) -> int:
     settings = Settings.load(args.db)
-    path = settings.db_path.expanduser().resolve()
-    existed = path.exists()
+    # A PostgreSQL database is named by its URL without the password (libpq finds that itself).
+    path: Path | str = settings.shown_db if settings.db_url else settings.db_path.expanduser().resolve()
+    existed = Path(path).exists() if isinstance(path, Path) else None
 
     async def work(s: Any) -> None:
         stats = await s.stats()
         db = f" --db {shlex.quote(str(path))}" if args.db else ""
-        if existed:
+        # On PostgreSQL, whether it was new shows in what it holds.
+        existed_now = bool(stats.memories_active or stats.document_versions) if existed is None else existed
+        if existed_now:
             head = (
                 f"The database at {path} already exists "
                 f"({count(stats.memories_active, 'active memory', 'active memories')}, "
@@ -52,7 +56,7 @@ def init(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         pad = max(len(command) for command, _ in steps) + 3
         text = "\n".join([head, "Next steps:", *(f"  {c:<{pad}}{what}" for c, what in steps)])
-        emit(args, {"db_path": str(path), "created": not existed, "source": db_source(args)}, text)
+        emit(args, {"db_path": str(path), "created": not existed_now, "source": db_source(args)}, text)
 
     return run_on_self(args, work)
 
