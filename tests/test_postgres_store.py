@@ -20,6 +20,7 @@ from soul_mcp.core.text import content_key
 from soul_mcp.errors import InvalidInput, NotFound, StorageError
 from soul_mcp.models import NewMemory
 from soul_mcp.recall import Recall, SearchQuery
+from soul_mcp.recall.bm25 import idf
 from soul_mcp.server import build_server
 from soul_mcp.storage.base import EmbeddingStore, Store
 from soul_mcp.storage.sqlite import SQLiteStore
@@ -399,6 +400,33 @@ async def test_word_scores_are_those_of_sqlite_to_1e9(both: tuple[Any, Any]) -> 
         assert sorted(reader.word_scores("tea")) == sorted(got[words.index("tea")])
         common = reader.common_words(3)
         assert "maya" in common and "tea" not in common
+    finally:
+        reader.close()
+
+
+async def test_word_parts_are_the_scores_without_their_idf(both: tuple[Any, Any]) -> None:
+    # What the recall engine fetches from PostgreSQL (word_parts, recall/source.py): the score
+    # divided by the word's idf, also for the memories above a rowid only, with no count of the rest.
+    sqlite, postgres = both
+    words = ["tea", "maya", "it's", "8 may", "meetings-often", "nothing-here"]
+    asked = [(w, 0) for w in words] + [("tea", 2), ("maya", 5), ("it's", 3)]
+    scores, parts = await sqlite.word_scores(asked), await postgres.word_parts(asked)
+    (active,) = (await postgres._fetchone("SELECT memories FROM text_totals")) or (0,)
+    everything = dict(
+        zip([w for w, _ in asked], await sqlite.word_scores([(w, 0) for w, _ in asked]), strict=True)
+    )
+    checked = 0
+    for (word, _), want, have in zip(asked, scores, parts, strict=True):
+        assert [r for r, _ in sorted(have)] == [r for r, _ in sorted(want)], word
+        weight = idf(active, len(everything[word]))
+        for (_, part), (_, score) in zip(sorted(have), sorted(want), strict=True):
+            assert part == pytest.approx(score / weight, rel=1e-12), word
+            checked += 1
+    assert checked > 10
+    reader = postgres.blocking_reader()()
+    try:
+        assert sorted(reader.word_parts("tea")) == sorted(parts[0])
+        assert sorted(reader.word_parts("it's")) == sorted(parts[2])
     finally:
         reader.close()
 

@@ -252,7 +252,10 @@ class RecallIndex:
         items = list(todo.items())
         # Matches above `top` are not kept (the next refresh will know those memories) but counted:
         # the store's idf counted them.
-        found = await self.source.word_scores([wanted for _, wanted in items])
+        # A source that gives score parts (word_parts, source.py) need not count every match.
+        word_parts = getattr(self.source, "word_parts", None)
+        asked = [wanted for _, wanted in items]
+        found = await (word_parts(asked) if word_parts is not None else self.source.word_scores(asked))
         for (key, (_, above)), rows in zip(items, found, strict=True):
             have = self.words.pop(key, None)
             if have is not None:
@@ -262,12 +265,12 @@ class RecallIndex:
             scores = np.array([r[1] for r in kept], dtype=np.float64)
             if above and have is not None:
                 matches = int(self.active[have.rowids].sum()) + len(rows)
-                parts = scores / idf(self.memories, matches)
+                parts = scores if word_parts else scores / idf(self.memories, matches)
                 rowids = np.concatenate([have.rowids, rowids])
                 parts = np.concatenate([have.parts, parts])
                 memories = have.memories
             else:
-                parts = scores / idf(self.memories, len(rows))
+                parts = scores if word_parts else scores / idf(self.memories, len(rows))
                 memories = self.memories
             matches = int(self.active[rowids].sum())
             self.words[key] = Postings(rowids, parts, self.top, memories, matches, self.seq)

@@ -108,8 +108,9 @@ class Prefill:
                 # Held already, or a match of it would find another token.
                 if term in self.held or tokens.keys([term]) != [term]:
                     continue
-                rows = reader.word_scores(term)
-                weight = idf(self.memories, len(rows))
+                word_parts = getattr(reader, "word_parts", None)  # parts already (source.py)
+                rows = word_parts(term) if word_parts is not None else reader.word_scores(term)
+                weight = 1.0 if word_parts is not None else idf(self.memories, len(rows))
                 kept = [r for r in rows if r[0] <= self.top]
                 rowids = np.array([r for r, _ in kept], dtype=np.int64)
                 parts = np.array([s for _, s in kept], dtype=np.float64) / weight

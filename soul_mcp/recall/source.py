@@ -82,6 +82,11 @@ class RecallSource(Protocol):
         that word alone (FTS5: -bm25 of a MATCH of the word). In any order."""
         ...
 
+    # A source may also offer `word_parts`, taking and returning what `word_scores` does but with
+    # each score divided by the word's idf (what the engine keeps), and its BlockingReader the same
+    # for one word. The engine then uses it: a store that computes BM25 itself (PostgreSQL) need not
+    # count every memory holding a word to fetch the few stored since (the idf needs that count).
+
     async def tagged_rowids(self, tag: str, above: int, upto: int) -> list[int]:
         """The rowids in (above, upto] of the memories carrying `tag`, ascending."""
         ...

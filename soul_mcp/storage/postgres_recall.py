@@ -63,6 +63,19 @@ SELECT h.rowid, w.idf * (h.f * (1.2::float8 + 1.0::float8))
 FROM hits h, weights w WHERE h.rowid > %(above)s ORDER BY h.rowid
 """
 
+# The same without the idf: a word's score parts (RecallSource.word_parts), for the memories above a
+# rowid only. No count of every match is needed, so fetching the few memories stored since a word
+# was fetched reads those few.
+WORD_PARTS = """
+SELECT m.rowid, x.f * (1.2::float8 + 1.0::float8)
+       / (x.f + 1.2::float8 * (1::float8 - 0.75::float8 + 0.75::float8 * m.tokens::float8 / t.avgdl))
+FROM memories m
+CROSS JOIN (SELECT nullif(tokens::float8 / nullif(memories, 0)::float8, 0) AS avgdl FROM text_totals) t
+CROSS JOIN LATERAL (SELECT (m.freqs ->> %(lexeme)s)::float8 AS f) x
+WHERE m.status = 'active' AND m.words @@ %(q)s::tsquery AND m.rowid > %(above)s
+ORDER BY m.rowid
+"""
+
 # A word of several tokens ("it's": it, s) is a phrase to FTS5: its frequency is the number of
 # places where its tokens follow each other in one column. Its matches (tsquery's <->) come with the
 # positions of its tokens, and the count and score are made in Python (same formula, same doubles).
@@ -96,8 +109,11 @@ def word_query(tokens: Sequence[str]) -> dict[str, Any]:
     return {"lexeme": words[0], "lexemes": words, "q": " <-> ".join(_quoted(w) for w in words)}
 
 
-def phrase_scores(tokens: Sequence[str], rows: Sequence[Sequence[Any]], above: int) -> list[WordScore]:
-    """The score parts of a phrase from PHRASE_ROWS' rows (FTS5's bm25, as WORD_SCORES computes)."""
+def phrase_scores(
+    tokens: Sequence[str], rows: Sequence[Sequence[Any]], above: int, with_idf: bool = True
+) -> list[WordScore]:
+    """The score parts of a phrase from PHRASE_ROWS' rows (FTS5's bm25, as WORD_SCORES computes);
+    without the idf as WORD_PARTS gives them."""
     words = [lexeme(t) for t in tokens]
     per_memory: dict[int, dict[str, dict[int, str]]] = {}
     sizes: dict[int, int] = {}
@@ -121,6 +137,8 @@ def phrase_scores(tokens: Sequence[str], rows: Sequence[Sequence[Any]], above: i
     idf = math.log(ratio) if ratio > 0 else 0.0
     if idf <= 0.0:
         idf = 1e-6
+    if not with_idf:
+        idf = 1.0
     avgdl = float(totals[1]) / n_rows
     k1, b = 1.2, 0.75
     return sorted(
@@ -185,6 +203,21 @@ class PostgresBlockingReader:
         except psycopg.Error as exc:
             raise StorageError(f"reading the text index failed: {exc}") from exc
         return [(int(r), float(s)) for r, s in rows]
+
+    def word_parts(self, word: str) -> list[WordScore]:
+        import psycopg
+
+        tokens = self._tokens.keys([word])[0].split()
+        if not tokens:
+            return []
+        try:
+            if len(tokens) > 1:
+                rows = self._db.execute(PHRASE_ROWS, word_query(tokens)).fetchall()
+                return phrase_scores(tokens, rows, 0, with_idf=False)
+            found = self._db.execute(WORD_PARTS, {**word_query(tokens), "above": 0}).fetchall()
+        except psycopg.Error as exc:
+            raise StorageError(f"reading the text index failed: {exc}") from exc
+        return [(int(r), float(s)) for r, s in found]
 
     def close(self) -> None:
         self._db.close()
@@ -303,6 +336,20 @@ class PostgresRecall:
             else:
                 rows = await self._fetchall(WORD_SCORES, {**word_query(tokens), "above": above})
                 found.append([(int(r), float(s)) for r, s in rows])
+        return found
+
+    async def word_parts(self, words: Sequence[tuple[str, int]]) -> list[list[WordScore]]:
+        found: list[list[WordScore]] = []
+        for word, above in words:
+            tokens = self._tokens.keys([word])[0].split()
+            if not tokens:
+                found.append([])
+            elif len(tokens) > 1:
+                rows = await self._fetchall(PHRASE_ROWS, word_query(tokens))
+                found.append(phrase_scores(tokens, rows, above, with_idf=False))
+            else:
+                parts = await self._fetchall(WORD_PARTS, {**word_query(tokens), "above": above})
+                found.append([(int(r), float(s)) for r, s in parts])
         return found
 
     async def tagged_rowids(self, tag: str, above: int, upto: int) -> list[int]:
