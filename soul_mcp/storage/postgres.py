@@ -68,6 +68,11 @@ OUTAGE_WAIT_S = 1.0
 # second or two instead of at the end of a long pause.
 RECONNECT_GIVE_UP_S = 5.0
 POOL_SIZE = 8
+# A link cut without a reset (a host gone, a network partition) would leave a call waiting for TCP
+# to give up, many minutes: libpq notices within seconds with these (unsent data after 5 s; no answer
+# to keepalives after 5 + 3 x 1 s), and the call fails as in any outage.
+DEAD_LINK = {"tcp_user_timeout": 5000, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1,
+             "keepalives_count": 3}  # fmt: skip
 VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from"
 TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
 
@@ -164,7 +169,7 @@ class PostgresStore(PostgresRecall):
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S, **DEAD_LINK},
             # A connection the database dropped is replaced before it is handed out.
             check=AsyncConnectionPool.check_connection,
             timeout=CONNECT_TIMEOUT_S,
