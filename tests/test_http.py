@@ -87,11 +87,26 @@ class HttpServer:
         return self.process.returncode == -signal.SIGTERM and "Application shutdown complete" in self.stderr()
 
 
-def start_server(db: Path, *flags: str, env: dict[str, str] | None = None) -> HttpServer:
+def start_server(
+    db: Path, *flags: str, env: dict[str, str] | None = None, database: str | None = None
+) -> HttpServer:
+    """`serve --http` on a free port, once it answers /healthz. `database` (a PostgreSQL URL) is
+    served instead of the file `db`, whose folder then only keeps the log."""
     port = free_port()
     log = db.with_suffix(f".{port}.log")
     process = subprocess.Popen(
-        [sys.executable, "-m", "soul_mcp", "serve", "--http", "--port", str(port), "--db", str(db), *flags],
+        [
+            sys.executable,
+            "-m",
+            "soul_mcp",
+            "serve",
+            "--http",
+            "--port",
+            str(port),
+            "--db",
+            database or str(db),
+            *flags,
+        ],
         env=env or server_env(db),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

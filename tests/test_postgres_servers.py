@@ -24,7 +24,7 @@ import pytest
 from conftest import server_env
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from test_http import TIMEOUT, HttpServer, connect, free_port, tool
+from test_http import TIMEOUT, HttpServer, connect, start_server, tool
 from test_live import Updates, subscriber
 from test_postgres_store import NOW, new
 
@@ -40,28 +40,7 @@ def pg_env(url: str, tmp_path: Path) -> dict[str, str]:
 
 
 def start_pg_server(url: str, tmp_path: Path) -> HttpServer:
-    port = free_port()
-    log = tmp_path / f"server.{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "soul_mcp", "serve", "--http", "--port", str(port), "--db", url],
-        env=pg_env(url, tmp_path),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-    server = HttpServer(process, port, tmp_path, log)
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}:\n{server.stderr()}")
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise AssertionError(f"the server did not answer /healthz within {TIMEOUT} s:\n{server.stderr()}")
+    return start_server(tmp_path / "server.db", env=pg_env(url, tmp_path), database=url)
 
 
 def make_token(url: str, tmp_path: Path, name: str) -> str:

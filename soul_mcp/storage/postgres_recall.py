@@ -28,6 +28,9 @@ from soul_mcp.recall.query import SearchQuery
 from soul_mcp.recall.source import BlockingReader, EmbeddingRow, MemoryColumns, WordScore
 from soul_mcp.storage.sqlite_recall import Tokens
 
+# The memories' columns are read, and made a Memory, as the SQLite store does (the same names).
+from soul_mcp.storage.sqlite_rows import MEMORY_COLUMNS, memory_from_row
+
 # tsvector refuses a lexeme of 2 KB or more, and keeps at most 256 positions of one lexeme.
 LONG_LEXEME_BYTES = 1000
 MAX_POSITIONS = 256
@@ -35,10 +38,6 @@ MAX_POSITION = 16383
 COLUMN_WEIGHTS = ("A", "B", "C")  # content, tags, about
 COLUMN_FREQ = {"A": 1.0, "B": 0.5, "C": 0.5}  # bm25(memories_fts, 1.0, 0.5, 0.5)
 
-MEMORY_COLUMNS = (
-    "m.id, m.content, m.kind, m.tags, m.importance, m.occurred_at, m.created_at, m.author, m.status, "
-    "m.status_reason, m.status_changed_at, m.supersedes, m.superseded_by"
-)
 BY_TIME = "m.occurred_at DESC, m.rowid DESC"
 BY_IMPORTANCE = "m.importance DESC, m.occurred_at DESC, m.rowid DESC"
 
@@ -191,20 +190,12 @@ class PostgresBlockingReader:
             raise StorageError(f"reading the text index failed: {exc}") from exc
 
     def word_scores(self, word: str) -> list[WordScore]:
-        import psycopg
-
-        tokens = self._tokens.keys([word])[0].split()
-        if not tokens:
-            return []
-        try:
-            if len(tokens) > 1:
-                return phrase_scores(tokens, self._db.execute(PHRASE_ROWS, word_query(tokens)).fetchall(), 0)
-            rows = self._db.execute(WORD_SCORES, {**word_query(tokens), "above": 0}).fetchall()
-        except psycopg.Error as exc:
-            raise StorageError(f"reading the text index failed: {exc}") from exc
-        return [(int(r), float(s)) for r, s in rows]
+        return self._scores(word, with_idf=True)
 
     def word_parts(self, word: str) -> list[WordScore]:
+        return self._scores(word, with_idf=False)
+
+    def _scores(self, word: str, with_idf: bool) -> list[WordScore]:
         import psycopg
 
         tokens = self._tokens.keys([word])[0].split()
@@ -213,35 +204,15 @@ class PostgresBlockingReader:
         try:
             if len(tokens) > 1:
                 rows = self._db.execute(PHRASE_ROWS, word_query(tokens)).fetchall()
-                return phrase_scores(tokens, rows, 0, with_idf=False)
-            found = self._db.execute(WORD_PARTS, {**word_query(tokens), "above": 0}).fetchall()
+                return phrase_scores(tokens, rows, 0, with_idf)
+            sql = WORD_SCORES if with_idf else WORD_PARTS
+            found = self._db.execute(sql, {**word_query(tokens), "above": 0}).fetchall()
         except psycopg.Error as exc:
             raise StorageError(f"reading the text index failed: {exc}") from exc
         return [(int(r), float(s)) for r, s in found]
 
     def close(self) -> None:
         self._db.close()
-
-
-def memory_from_row(row: Sequence[Any]) -> Memory:
-    (id_, content, kind, tags, importance, occurred_at, created_at, author, status,
-     status_reason, status_changed_at, supersedes, superseded_by) = tuple(row)[:13]  # fmt: skip
-
-    return Memory(
-        id=id_,
-        content=content,
-        kind=kind,
-        tags=json.loads(tags),
-        importance=importance,
-        occurred_at=occurred_at,
-        created_at=created_at,
-        author=author,
-        status=status,
-        status_reason=status_reason,
-        status_changed_at=status_changed_at,
-        supersedes=supersedes,
-        superseded_by=superseded_by,
-    )
 
 
 def memory_filters(
@@ -323,6 +294,12 @@ class PostgresRecall:
         return [tuple(r) for r in rows]
 
     async def word_scores(self, words: Sequence[tuple[str, int]]) -> list[list[WordScore]]:
+        return await self._scores(words, with_idf=True)
+
+    async def word_parts(self, words: Sequence[tuple[str, int]]) -> list[list[WordScore]]:
+        return await self._scores(words, with_idf=False)
+
+    async def _scores(self, words: Sequence[tuple[str, int]], with_idf: bool) -> list[list[WordScore]]:
         found: list[list[WordScore]] = []
         # Each word as FTS5 reads a MATCH of it: its tokens, several making a phrase.
         for word, above in words:
@@ -330,26 +307,12 @@ class PostgresRecall:
             if not tokens:
                 found.append([])
             elif len(tokens) > 1:
-                found.append(
-                    phrase_scores(tokens, await self._fetchall(PHRASE_ROWS, word_query(tokens)), above)
-                )
-            else:
-                rows = await self._fetchall(WORD_SCORES, {**word_query(tokens), "above": above})
-                found.append([(int(r), float(s)) for r, s in rows])
-        return found
-
-    async def word_parts(self, words: Sequence[tuple[str, int]]) -> list[list[WordScore]]:
-        found: list[list[WordScore]] = []
-        for word, above in words:
-            tokens = self._tokens.keys([word])[0].split()
-            if not tokens:
-                found.append([])
-            elif len(tokens) > 1:
                 rows = await self._fetchall(PHRASE_ROWS, word_query(tokens))
-                found.append(phrase_scores(tokens, rows, above, with_idf=False))
+                found.append(phrase_scores(tokens, rows, above, with_idf))
             else:
-                parts = await self._fetchall(WORD_PARTS, {**word_query(tokens), "above": above})
-                found.append([(int(r), float(s)) for r, s in parts])
+                sql = WORD_SCORES if with_idf else WORD_PARTS
+                rows = await self._fetchall(sql, {**word_query(tokens), "above": above})
+                found.append([(int(r), float(s)) for r, s in rows])
         return found
 
     async def tagged_rowids(self, tag: str, above: int, upto: int) -> list[int]:

@@ -1,4 +1,6 @@
-"""Memory rows of the SQLite store: the columns read, a row as a `Memory`, and listing filters."""
+"""Memory rows of the SQLite store: the columns read, a row as a `Memory`, and listing filters.
+The PostgreSQL store reads the same columns into a `Memory` the same way (MEMORY_COLUMNS,
+memory_from_row)."""
 
 from __future__ import annotations
 
