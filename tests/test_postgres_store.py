@@ -631,3 +631,44 @@ def test_a_url_of_several_hosts_with_ports_is_shown_as_given_without_its_passwor
         "postgresql://soul:secret@db1:5432,db2:5433/self?target_session_attrs=read-write"
     )
     assert settings.shown_db == "postgresql://soul@db1:5432,db2:5433/self"
+
+
+async def test_the_totals_move_to_slots_and_stay_true(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Schema 3 spreads the active memories' totals over 16 rows, one per connection's slot, so that
+    # concurrent writers do not queue on one row; a database made at schema 2 keeps its counts.
+    from soul_mcp.storage import postgres
+    from soul_mcp.storage.postgres_schema import MIGRATIONS
+
+    with monkeypatch.context() as old:
+        old.setattr(postgres, "MIGRATIONS", MIGRATIONS[:2])
+        old.setattr(postgres, "SCHEMA_VERSION", 2)
+        store = await postgres.PostgresStore.open(postgres_url)
+        try:
+            for n in range(5):
+                await store.add_memory(new(f"memory number {n} about tea"), NOW)
+            forgotten, _ = await store.add_memory(new("soon forgotten"), NOW)
+            await store.set_memory_status(forgotten.id, "forgotten", "test", NOW, ("active",))
+        finally:
+            await store.close()
+
+    stores = [await postgres.PostgresStore.open(postgres_url) for _ in range(3)]
+    try:
+        assert stores[0].migrated_from == 2
+        # Writers on several connections, at once: each adds to its own slot.
+        async with anyio.create_task_group() as tg:
+            for i, s in enumerate(stores):
+                for n in range(4):
+                    tg.start_soon(s.add_memory, new(f"concurrent {i} {n} tea"), NOW)
+        (totals,) = await stores[0]._fetchall("SELECT memories, tokens FROM text_totals")
+        (counted,) = await stores[0]._fetchall(
+            "SELECT count(*), sum(tokens) FROM memories WHERE status = 'active'"
+        )
+        assert tuple(totals) == tuple(counted) and totals[0] == 5 + 12
+        assert (await stores[0].diagnose()).index_check == "ok"
+        (slots,) = await stores[0]._fetchall("SELECT count(*) FROM text_total_slots")
+        assert slots == (16,)
+    finally:
+        for s in stores:
+            await s.close()

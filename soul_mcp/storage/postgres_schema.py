@@ -170,6 +170,55 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER memory_changes_notify AFTER INSERT ON memory_changes
     FOR EACH STATEMENT EXECUTE FUNCTION soul_notify_changed();
     """,
+    # 3: the totals in 16 slots, each connection adding to its own (pg_backend_pid() % 16) and the
+    # view text_totals summing them on read. With one row, every transaction that stored a memory
+    # held that row's lock until its commit, so concurrent remembers through several servers waited
+    # for each other.
+    """
+    CREATE TABLE text_total_slots (
+        slot     integer PRIMARY KEY CHECK (slot BETWEEN 0 AND 15),
+        memories bigint  NOT NULL,
+        tokens   bigint  NOT NULL
+    );
+    INSERT INTO text_total_slots SELECT 0, memories, tokens FROM text_totals;
+    INSERT INTO text_total_slots SELECT s, 0, 0 FROM generate_series(1, 15) AS s;
+    DROP TABLE text_totals;
+    CREATE VIEW text_totals AS
+        SELECT sum(memories)::bigint AS memories, sum(tokens)::bigint AS tokens FROM text_total_slots;
+
+    CREATE OR REPLACE FUNCTION soul_memories_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO memory_changes (memory_rowid) VALUES (NEW.rowid);
+            IF NEW.status = 'active' THEN
+                UPDATE text_total_slots SET memories = memories + 1, tokens = tokens + NEW.tokens
+                WHERE slot = pg_backend_pid() % 16;
+            END IF;
+            RETURN NEW;
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO memory_changes (memory_rowid) VALUES (OLD.rowid);
+            IF OLD.status = 'active' THEN
+                UPDATE text_total_slots SET memories = memories - 1, tokens = tokens - OLD.tokens
+                WHERE slot = pg_backend_pid() % 16;
+            END IF;
+            RETURN OLD;
+        END IF;
+        -- An update.
+        IF OLD.status <> NEW.status THEN
+            INSERT INTO memory_changes (memory_rowid) VALUES (NEW.rowid);
+            -- A memory's embedding holds its neighbours' words (storage/sqlite_embeddings.py).
+            DELETE FROM memory_embeddings WHERE memory_rowid BETWEEN NEW.rowid - 1 AND NEW.rowid + 1;
+        END IF;
+        IF OLD.status <> NEW.status OR OLD.tokens <> NEW.tokens THEN
+            UPDATE text_total_slots SET
+                memories = memories - (OLD.status = 'active')::int + (NEW.status = 'active')::int,
+                tokens = tokens - CASE WHEN OLD.status = 'active' THEN OLD.tokens ELSE 0 END
+                                + CASE WHEN NEW.status = 'active' THEN NEW.tokens ELSE 0 END
+            WHERE slot = pg_backend_pid() % 16;
+        END IF;
+        RETURN NEW;
+    END $$;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

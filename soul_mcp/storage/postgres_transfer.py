@@ -106,7 +106,7 @@ class _Writing:
         return _counted(await (await self._db.execute(COUNTS)).fetchone())
 
     async def start(self) -> None:
-        # The memories' trigger updates the one row of text_totals per memory: in one transaction
+        # The memories' trigger updates a row of text_total_slots per memory: in one transaction
         # each update leaves a dead version that the next one reads past, so a copy would slow
         # with the square of its size. Off for this transaction only (ALTER TABLE is transactional;
         # it waits for, then holds off, other writers); `finish` makes the totals and the log whole.
@@ -141,7 +141,8 @@ class _Writing:
             "INSERT INTO memory_changes (memory_rowid) SELECT rowid FROM memories ORDER BY rowid"
         )
         await db.execute(
-            "UPDATE text_totals SET memories = a.n, tokens = a.tokens FROM (SELECT count(*) AS n, "
+            "UPDATE text_total_slots SET memories = CASE WHEN slot = 0 THEN a.n ELSE 0 END, "
+            "tokens = CASE WHEN slot = 0 THEN a.tokens ELSE 0 END FROM (SELECT count(*) AS n, "
             "coalesce(sum(tokens), 0) AS tokens FROM memories WHERE status = 'active') AS a"
         )
         await db.execute("ALTER TABLE memories ENABLE TRIGGER memories_changed")
