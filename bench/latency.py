@@ -68,7 +68,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for pg_server
+from pg_server import PostgresServer
 
 from soul_mcp import __version__
 from soul_mcp.config import Semantic, Settings
@@ -441,60 +443,6 @@ async def fill_postgres(url: str, count: int, corpus: Corpus) -> dict[str, Any]:
         "memories": stored,
         "vacuum_s": round(time.perf_counter() - started - seconds, 2),
     }
-
-
-class PostgresServer:
-    """Where the PostgreSQL legs' databases come from: the server a URL names (its user must be
-    allowed to create databases), or without one a throwaway cluster started here as the tests
-    start theirs (tests/postgres_cluster.py: initdb in a temporary folder, a free loopback port)."""
-
-    def __init__(self, url: str | None) -> None:
-        self.url = url
-        self.cluster: Any = None
-
-    def __enter__(self) -> PostgresServer:
-        if self.url is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from postgres_cluster import Cluster, server_binaries
-
-            binaries = server_binaries()
-            if binaries is None:
-                raise SystemExit("--postgres needs PostgreSQL's server binaries (initdb, pg_ctl)")
-            self.cluster = Cluster(binaries)
-            # The tests' cluster runs with fsync off; a benchmark of remember measures a durable one,
-            # as SQLite's synchronous=FULL is: PostgreSQL's defaults, only the port and socket set.
-            self.cluster.start_server = lambda: self.cluster._run(
-                str(binaries / "pg_ctl"), "-D", str(self.cluster.data), "-l", str(self.cluster.folder / "log"),
-                "-o", f"-p {self.cluster.port} -k {self.cluster.folder} -c listen_addresses=127.0.0.1",
-                "-w", "-t", "60", "start",
-            )  # fmt: skip
-            self.cluster.start()
-            self.url = self.cluster.url()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cluster is not None:
-            self.cluster.stop()
-
-    def _admin(self, statement: str) -> None:
-        import psycopg
-
-        assert self.url is not None
-        with psycopg.connect(self.url, autocommit=True) as db:
-            db.execute(statement.encode())  # a name made here, not user input
-
-    @contextlib.contextmanager
-    def database(self, name: str, keep: bool) -> Iterator[str]:
-        """The URL of a new, empty database `name` on the server; dropped afterwards unless kept."""
-        assert self.url is not None
-        self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        self._admin(f"CREATE DATABASE {name} TEMPLATE template0")
-        parts = urlsplit(self.url)
-        try:
-            yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-        finally:
-            if not keep or self.cluster is not None:
-                self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def corpus_stats(path: Path) -> dict[str, Any]:
@@ -1608,7 +1556,7 @@ async def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "sizes": [],
     }
-    postgres = PostgresServer(args.db_url) if args.postgres or args.db_url else None
+    postgres = PostgresServer(args.db_url, durable=True) if args.postgres or args.db_url else None
     try:
         if postgres is not None:
             postgres.__enter__()

@@ -18,22 +18,21 @@ import argparse
 import json
 import math
 import re
-import secrets
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for pg_server
+
+from pg_server import PostgresServer
 
 from soul_mcp.config import Semantic, Settings
 from soul_mcp.core import AgentSelf
@@ -77,53 +76,6 @@ def score(ranked: list[set[str]], gold: set[str]) -> dict[str, float]:
     metrics["ndcg@10"] = dcg / ideal if ideal else 0.0
     metrics["mrr"] = 1 / (first + 1) if first is not None else 0.0
     return metrics
-
-
-class PostgresServer:
-    """Where the PostgreSQL databases come from: a server the URL names (its user must be allowed to
-    create databases), or without a URL a throwaway cluster started here as the tests start theirs
-    (tests/postgres_cluster.py: initdb in a temporary folder, a free loopback port, removed at exit)."""
-
-    def __init__(self, url: str | None) -> None:
-        self.url = url
-        self.cluster: Any = None
-
-    def __enter__(self) -> PostgresServer:
-        if self.url is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from postgres_cluster import Cluster, server_binaries
-
-            binaries = server_binaries()
-            if binaries is None:
-                raise SystemExit("--postgres needs PostgreSQL's server binaries (initdb, pg_ctl)")
-            self.cluster = Cluster(binaries)
-            self.cluster.start()
-            self.url = self.cluster.url()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cluster is not None:
-            self.cluster.stop()
-
-    def _admin(self) -> Any:
-        import psycopg
-
-        assert self.url is not None
-        return psycopg.connect(self.url, autocommit=True)
-
-    @contextmanager
-    def database(self) -> Iterator[str]:
-        """The URL of a new, empty database on the server, dropped afterwards."""
-        assert self.url is not None
-        name = "soul_bench_" + secrets.token_hex(5)
-        with self._admin() as db:
-            db.execute(f"CREATE DATABASE {name} TEMPLATE template0")
-        try:
-            parts = urlsplit(self.url)
-            yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-        finally:
-            with self._admin() as db:
-                db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 async def run_conversation(

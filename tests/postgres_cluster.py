@@ -49,8 +49,9 @@ def _free_port() -> int:
 class Cluster:
     """One running PostgreSQL server on 127.0.0.1, owned by the test session."""
 
-    def __init__(self, binaries: Path) -> None:
+    def __init__(self, binaries: Path, durable: bool = False) -> None:
         self.binaries = binaries
+        self.durable = durable  # PostgreSQL's defaults (fsync on), for benchmarks of writes
         self.folder = Path(tempfile.mkdtemp(prefix="soul-pg-"))
         self.data = self.folder / "data"
         self.port = _free_port()
@@ -72,10 +73,9 @@ class Cluster:
     def start_server(self) -> None:
         # fsync off: a stopped server's writes are still in the OS's cache. synchronous_commit stays
         # on, so that a commit is in the WAL when it returns (the restart test relies on it).
-        options = (
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"),
                   "-o", options, "-w", "-t", "60", "start")  # fmt: skip
 

@@ -50,7 +50,7 @@ from soul_mcp.storage.postgres_recall import (
 from soul_mcp.storage.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from soul_mcp.storage.schema import content_digest
 from soul_mcp.storage.sqlite import about_text, new_memory_id
-from soul_mcp.storage.sqlite_embeddings import text_hash, window_text
+from soul_mcp.storage.sqlite_embeddings import WINDOW_COLUMNS, embedding_jobs, text_hash, windows_of
 
 if TYPE_CHECKING:
     import psycopg
@@ -691,35 +691,12 @@ class PostgresStore(PostgresRecall):
         """{rowid: (memory id, text to embed)} for those of `rowids` that are active (as
         SQLiteEmbeddings._windows: the previous memory joins when it shares the context)."""
         wanted = sorted({r + step for r in rowids for step in (-1, 0)})
-        sql = (
-            "SELECT rowid, id, content, status, author, session_id, substr(occurred_at, 1, 10) "
-            "FROM memories WHERE rowid = ANY(%s)"
-        )
+        sql = f"SELECT {WINDOW_COLUMNS} FROM memories WHERE rowid = ANY(%s)"
         if db is None:
             found = await self._fetchall(sql, (wanted,))
         else:
             found = await (await db.execute(sql, (wanted,))).fetchall()
-        rows = {int(row[0]): tuple(row) for row in found}
-        out: dict[int, tuple[str, str]] = {}
-        for rowid in rowids:
-            memory = rows.get(rowid)
-            if memory is None or memory[3] != "active":
-                continue
-            before = rows.get(rowid - 1)
-            same_context = before is not None and before[3] == "active" and before[4:] == memory[4:]
-            previous = before[2] if before is not None and same_context else None
-            out[rowid] = (memory[1], window_text(previous, memory[2]))
-        return out
-
-    @staticmethod
-    def _jobs(windows: dict[int, tuple[str, str]], order: list[int]) -> list[EmbeddingJob]:
-        return [
-            EmbeddingJob(
-                memory_id=windows[r][0], text=windows[r][1], text_hash=text_hash(windows[r][1]), position=r
-            )
-            for r in order
-            if r in windows
-        ]
+        return windows_of({int(row[0]): tuple(row) for row in found}, rowids)
 
     async def pending_embeddings(
         self, model: str, limit: int, above: int = 0
@@ -733,7 +710,7 @@ class PostgresStore(PostgresRecall):
         )
         newest, found = rows[0]
         order = [int(r) for r in found]
-        return self._jobs(await self._windows(None, order), order), int(newest)
+        return embedding_jobs(await self._windows(None, order), order), int(newest)
 
     async def stale_embeddings(
         self, model: str, after: int, limit: int
@@ -754,7 +731,7 @@ class PostgresStore(PostgresRecall):
         )
         jobs = [
             j
-            for j in self._jobs(await self._windows(None, order), order)
+            for j in embedding_jobs(await self._windows(None, order), order)
             if stored.get(j.position) != j.text_hash
         ]
         return jobs, (order[-1] if len(order) == limit else None)

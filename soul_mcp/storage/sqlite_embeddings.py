@@ -39,6 +39,37 @@ def window_text(previous: str | None, content: str) -> str:
     return previous + "\n" + content
 
 
+# The memory rows `windows_of` reads: (rowid, id, content, status, author, session_id, day).
+WINDOW_COLUMNS = "rowid, id, content, status, author, session_id, substr(occurred_at, 1, 10)"
+
+
+def windows_of(rows: dict[int, tuple[Any, ...]], rowids: list[int]) -> dict[int, tuple[str, str]]:
+    """{rowid: (memory id, text to embed)} for those of `rowids` that are active, from `rows`
+    (WINDOW_COLUMNS by rowid, each memory's previous one included): the previous memory's text
+    joins when it is active and of the same author, session and day."""
+    out: dict[int, tuple[str, str]] = {}
+    for rowid in rowids:
+        memory = rows.get(rowid)
+        if memory is None or memory[3] != "active":
+            continue
+        before = rows.get(rowid - 1)
+        same_context = before is not None and before[3] == "active" and before[4:] == memory[4:]
+        previous = before[2] if before is not None and same_context else None
+        out[rowid] = (memory[1], window_text(previous, memory[2]))
+    return out
+
+
+def embedding_jobs(windows: dict[int, tuple[str, str]], order: list[int]) -> list[EmbeddingJob]:
+    """The jobs of `windows`, in `order`."""
+    return [
+        EmbeddingJob(
+            memory_id=windows[r][0], text=windows[r][1], text_hash=text_hash(windows[r][1]), position=r
+        )
+        for r in order
+        if r in windows
+    ]
+
+
 class SQLiteEmbeddings:
     """The EmbeddingStore half of SQLiteStore (mixed into it)."""
 
@@ -56,30 +87,11 @@ class SQLiteEmbeddings:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             for row in await fetch(
-                "SELECT rowid, id, content, status, author, session_id, substr(occurred_at, 1, 10) "
-                f"FROM memories WHERE rowid IN ({', '.join('?' * len(chunk))})",
+                f"SELECT {WINDOW_COLUMNS} FROM memories WHERE rowid IN ({', '.join('?' * len(chunk))})",
                 chunk,
             ):
                 rows[row[0]] = row
-        out: dict[int, tuple[str, str]] = {}
-        for rowid in rowids:
-            memory = rows.get(rowid)
-            if memory is None or memory[3] != "active":
-                continue
-            before = rows.get(rowid - 1)
-            same_context = before is not None and before[3] == "active" and before[4:] == memory[4:]
-            previous = before[2] if before is not None and same_context else None
-            out[rowid] = (memory[1], window_text(previous, memory[2]))
-        return out
-
-    def _jobs(self, windows: dict[int, tuple[str, str]], order: list[int]) -> list[EmbeddingJob]:
-        return [
-            EmbeddingJob(
-                memory_id=windows[r][0], text=windows[r][1], text_hash=text_hash(windows[r][1]), position=r
-            )
-            for r in order
-            if r in windows
-        ]
+        return windows_of(rows, rowids)
 
     async def pending_embeddings(
         self, model: str, limit: int, above: int = 0
@@ -96,7 +108,7 @@ class SQLiteEmbeddings:
         )
         newest, found = rows[0]
         order = [int(r) for r in found.split(",")] if found else []
-        return self._jobs(await self._windows(self._fetchall, order), order), newest
+        return embedding_jobs(await self._windows(self._fetchall, order), order), newest
 
     async def stale_embeddings(
         self, model: str, after: int, limit: int
@@ -117,7 +129,7 @@ class SQLiteEmbeddings:
         )
         jobs = [
             j
-            for j in self._jobs(await self._windows(self._fetchall, order), order)
+            for j in embedding_jobs(await self._windows(self._fetchall, order), order)
             if stored.get(j.position) != j.text_hash
         ]
         return jobs, (order[-1] if len(order) == limit else None)
