@@ -319,6 +319,7 @@ class AgentSelf:
         offset = cursors.decode(cursor, fingerprint) if cursor else 0
         search = SearchQuery(
             terms=tuple(terms),
+            text=query,
             tags=tuple(tag_list),
             kind=kind_,
             since=since_,

@@ -14,6 +14,8 @@ so that all stores rank identically. It imports no database driver.
     lending.py   neighbour lending (NEIGHBOUR_WEIGHT)
     vectors.py   VectorCache(s): one model's vectors in memory, exact similarity search
     hybrid.py    rank_hybrid: BM25 fused with vector similarity
+    query_facts.py  query_facts: names, times, question form and quotes of a query
+    ranker.py    the learned ranker: candidates' features, the model (ranker.json), scores
 """
 
 from soul_mcp.recall.engine import Recall

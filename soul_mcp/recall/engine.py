@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from soul_mcp.recall.bm25 import idf
 from soul_mcp.recall.hybrid import rank_hybrid
 from soul_mcp.recall.index import RecallIndex
 from soul_mcp.recall.lending import LENDERS, NEIGHBOUR_WEIGHT
 from soul_mcp.recall.query import RANKED_MAX, SearchHit, SearchQuery
+from soul_mcp.recall.query_facts import query_facts
+from soul_mcp.recall.ranker import (
+    RANKER_FILE,
+    TIME_WORDS,
+    Model,
+    Pool,
+    features,
+    load_models,
+    order,
+    scores,
+)
 from soul_mcp.recall.source import RecallSource
 from soul_mcp.recall.vectors import VectorCaches
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +45,16 @@ CANDIDATES = RANKED_MAX
 
 
 class Recall:
-    """Ranks the memories of `source` for a query: BM25 over the words, neighbour lending, and with
-    a query vector hybrid fusion. What it keeps in memory (RecallIndex, VectorCaches) is loaded at
+    """Ranks the memories of `source` for a query: BM25 over the words, neighbour lending, with a
+    query vector hybrid fusion, then the learned ranker over those candidates (ranker.py). What it keeps in memory (RecallIndex, VectorCaches) is loaded at
     the first text search and kept in step with the source's change log."""
 
     # How many matches a text search ranks; per engine, so that a test can page past it on a small
     # database.
     candidates: int = CANDIDATES
+    # The learned ranker's weights (ranker.py), read at the first text search; None: rank by the
+    # fused score, the model's first feature (for a test of what feeds it).
+    ranker_file: Path | None = RANKER_FILE
 
     def __init__(self, source: RecallSource) -> None:
         self.source = source
@@ -43,6 +63,7 @@ class Recall:
         self._preloading: threading.Thread | None = None
         self._preload_now = threading.Event()
         self.vectors = VectorCaches(source)
+        self._models: dict[str, Model] | None = None
 
     @property
     def index(self) -> RecallIndex:
@@ -100,31 +121,75 @@ class Recall:
             return await self._rank_text(query, index)
 
     async def _rank_text(self, query: SearchQuery, index: RecallIndex) -> list[SearchHit]:
-        # 1. The best full-text matches, the same pool of `candidates` whatever page is asked for.
+        import numpy as np
+
+        pool, rows = await self._pool(query, index)
+        # The model was fitted on pools where the query's words match memories; a query none of
+        # whose words any memory holds (found by meaning alone) is ranked by the fused score.
+        lexical = bool((pool.bm25_rank >= 0).any())
+        model = self._model("bm25" if pool.dense is None else "hybrid") if lexical else None
+        rank_by = scores(rows, model) if model is not None else pool.fused
+        shown = order(pool.rowids, rank_by)[query.offset : query.offset + query.limit]
+        # The model's score is shown as the odds against the best candidate's (1 for the best, the
+        # same on every page).
+        score = np.exp(rank_by - rank_by.max()) if model is not None and len(rows) else rank_by
+        # Only a memory here as a neighbour says which memory lent to it (context_of).
+        lenders = np.where(pool.candidate[shown], 0, pool.lender[shown])
+        return await self._hits(pool.rowids[shown].tolist(), score[shown].tolist(), lenders.tolist())
+
+    async def pool(self, query: SearchQuery) -> tuple[Pool, np.ndarray]:
+        """Every candidate of a text query with its row of ranker.FEATURES, before the model scores
+        them: what bench/train_ranker.py fits the model on."""
+        index = self.index
+        with index.recalling():
+            return await self._pool(query, index)
+
+    async def _pool(self, query: SearchQuery, index: RecallIndex) -> tuple[Pool, np.ndarray]:
+        """The candidates of a text query (the same pool whatever page is asked for) and their
+        features."""
+        # 1. The best full-text matches.
         async with index.lock:
             await index.refresh()
             words = await index.postings(query.terms)
             filters = await self._filters(query)
-            rowids, scores = index.rank(words, self.candidates, **filters)
-            if query.vector is None:
-                # 2. Their neighbours in storage order, when stored in the same context.
-                ranked, totals, lenders = index.with_neighbours(
-                    rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
-                )
+            rowids, bm25 = index.rank(words, self.candidates, **filters)
         # Once the first text search has ranked (not before: the thread would slow it down), the
         # commonest words are fetched ahead.
         index.start_prefill()
         await index.save_if_due()
-        if query.vector is not None:  # hybrid recall, when there are embeddings by its model
-            hybrid = await rank_hybrid(query, index, self.vectors, rowids, scores, filters)
-            if hybrid is not None:
-                return await self._hits(*hybrid)
-            async with index.lock:
-                ranked, totals, lenders = index.with_neighbours(
-                    rowids, scores, LENDERS, NEIGHBOUR_WEIGHT, **filters
-                )
-        page = slice(query.offset, query.offset + query.limit)
-        return await self._hits(ranked[page].tolist(), totals[page].tolist(), lenders[page].tolist())
+        pool = None
+        if query.vector is not None:  # 2. hybrid recall, when there are embeddings by its model
+            pool = await rank_hybrid(query, index, self.vectors, rowids, bm25, filters)
+        async with index.lock:
+            if pool is None:  # 2. BM25 alone: the matches and their neighbours in the same context
+                pool = bm25_pool(index, rowids, bm25, filters)
+            when, context = index.when[pool.rowids], index.context[pool.rowids]
+            memories = index.memories
+            # 3. Each candidate's features: the parts of its score, and how it fits the query's facts.
+            facts = query_facts(query.text or " ".join(query.terms))
+            time_words = await index.postings(TIME_WORDS) if facts.wants_time else []
+        distinct: dict[int, int] = {}  # two forms of a word ("meeting", "meetings") count once
+        for i, word in enumerate(words):
+            distinct.setdefault(id(word), i)
+        kept = list(distinct.values())
+        place = {i: n for n, i in enumerate(kept)}
+        unique = [words[i] for i in kept]
+        idfs = [idf(memories, getattr(w, "matches", 0)) if len(w.rowids) else 0.0 for w in unique]
+        terms = query.terms
+
+        def words_of(text: str) -> list[int]:
+            found = {place[distinct[id(words[i])]] for i, term in enumerate(terms) if term in text.split()}
+            return sorted(found)
+
+        names = sorted({n for name in facts.names for n in words_of(name)})
+        quoted = [words_of(" ".join(re.findall(r"\w+", phrase))) for phrase in facts.quoted]
+        rows = features(pool, unique, idfs, names, quoted, when, context, facts, time_words)
+        return pool, rows
+
+    def _model(self, name: str) -> Model | None:
+        if self._models is None:
+            self._models = (load_models(self.ranker_file) if self.ranker_file else None) or {}
+        return self._models.get(name)
 
     async def _hits(self, shown: list[int], scores: list[float], lenders: list[int]) -> list[SearchHit]:
         """The page of a ranking: the memories at `shown` rowids with their `scores`, and for each
@@ -152,3 +217,30 @@ class Recall:
         if query.exclude_ids:
             filters["without"] = np.array(await self.source.rowids_of(query.exclude_ids), dtype=np.int64)
         return filters
+
+
+def bm25_pool(index: RecallIndex, rowids: np.ndarray, bm25: np.ndarray, filters: dict[str, Any]) -> Pool:
+    """The candidates of BM25 alone: its matches (`rowids` with their `bm25` scores, best first)
+    and the neighbours they lend to (lending.py)."""
+    import numpy as np
+
+    ranked, totals, lenders = index.with_neighbours(rowids, bm25, LENDERS, NEIGHBOUR_WEIGHT, **filters)
+    by_rowid = np.argsort(ranked)
+    found = ranked[by_rowid]
+    place = np.full(len(found), -1, dtype=np.int64)
+    at = np.searchsorted(found, rowids)  # every match is in the pool
+    place[at] = np.arange(len(rowids))
+    own = np.zeros(len(found))
+    own[at] = bm25
+    best = float(bm25[0]) if len(bm25) and bm25[0] > 0 else 1.0
+    return Pool(
+        rowids=found,
+        fused=totals[by_rowid],
+        own=own,
+        lender=lenders[by_rowid],
+        candidate=place >= 0,
+        bm25=own / best,
+        bm25_rank=place,
+        dense=None,
+        similarity=None,
+    )

@@ -14,6 +14,9 @@ without a (current) embedding gets no dense part. Filters and contexts come from
 so a hybrid recall reads no memory rows but the page it returns. The measurements behind these
 choices (LoCoMo sweeps of exponents, weights and candidates; reciprocal rank fusion) are in
 bench/README.md.
+
+This total is no longer the order itself: with the parts it is made of, it is what the learned
+ranker (ranker.py) re-scores every candidate from; it ranks alone when the model cannot.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from soul_mcp.recall.lending import NEIGHBOUR_WEIGHT, lend
 from soul_mcp.recall.query import SearchQuery
+from soul_mcp.recall.ranker import Pool
 from soul_mcp.recall.vectors import VectorCaches, most_similar, slots_of
 
 if TYPE_CHECKING:
@@ -47,11 +51,11 @@ async def rank_hybrid(
     rowids: np.ndarray,
     scores: np.ndarray,
     filters: dict[str, Any],
-) -> tuple[list[int], list[float], list[int]] | None:
-    """The page asked for of the hybrid ranking of a text query whose BM25 matches are `rowids`
-    with `scores` (best first, from RecallIndex.rank) under `filters` (RecallIndex.keep's): the
-    rowids, their totals and the rowid of the neighbour that lent each the most (0 for none). None
-    when the query has no vector or no memory has an embedding by its model: then BM25 ranks alone."""
+) -> Pool | None:
+    """The candidates of the hybrid ranking of a text query whose BM25 matches are `rowids` with
+    `scores` (best first, from RecallIndex.rank) under `filters` (RecallIndex.keep's), with the parts
+    of their scores, for the ranker (ranker.py). None when the query has no vector or no memory has
+    an embedding by its model: then BM25 ranks alone."""
     import numpy as np
 
     assert query.vector is not None
@@ -128,11 +132,25 @@ async def rank_hybrid(
         receivers, own(receivers), context, np.ones(len(receivers), dtype=bool), NEIGHBOUR_WEIGHT
     )
     kept = np.flatnonzero(total > 0)
-    order = kept[np.lexsort((-receivers[kept], -total[kept]))][query.offset : query.offset + query.limit]
-    # Only a memory brought in as a neighbour says which memory lent to it (context_of).
-    is_candidate = np.isin(receivers[order], candidates)
-    return (
-        receivers[order].tolist(),
-        total[order].tolist(),
-        np.where(is_candidate, 0, lender[order]).tolist(),
+    found = receivers[kept]
+    has, at_slots = slots_of(found, slot_of, owner)
+    similarity = np.full(len(found), -np.inf)
+    similarity[has] = sims[at_slots]
+    place = np.full(len(found), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(lexical_rowids, found), max(len(lexical_rowids) - 1, 0))
+    if len(lexical_rowids):
+        matched = lexical_rowids[at] == found
+        place[matched] = by_rowid[at[matched]]  # rowids are best first: the index is the place
+    return Pool(
+        rowids=found,
+        fused=total[kept],
+        own=own(found),
+        lender=lender[kept],
+        candidate=np.isin(found, candidates),
+        bm25=np.where(place >= 0, scores[np.maximum(place, 0)] / (best_bm25 or 1.0), 0.0)
+        if len(scores)
+        else np.zeros(len(found)),
+        bm25_rank=place,
+        dense=np.where(has, np.maximum((similarity - mean) / spread, 0.0), 0.0),
+        similarity=similarity,
     )

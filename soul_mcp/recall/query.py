@@ -54,6 +54,9 @@ class SearchQuery:
     limit: int = 10
     exclude_ids: tuple[str, ...] = field(default=())
     vector: QueryVector | None = None  # with terms: hybrid recall when the store has such embeddings
+    # The query as typed, whose names, times and question form the ranker reads (query_facts.py);
+    # empty: the terms stand for it.
+    text: str = ""
 
 
 @dataclass(frozen=True)
