@@ -1241,8 +1241,8 @@ async def measure_postgres(
 ) -> dict[str, Any]:
     """The SDK, raw and in-process legs on a PostgreSQL database filled like the SQLite one."""
     corpus: Corpus = NaturalCorpus(args.seed) if args.corpus == "natural" else Corpus(args.seed)
-    # No recall snapshot on PostgreSQL: each server's prefill fetches the common words at its start
-    # (about 6 s at 100k on a quiet machine, against 2.4 s from SQLite), so its legs settle longer.
+    # The SDK leg's server is the first on this database: no recall snapshot yet (it is kept in the
+    # user's cache folder), so its prefill reads the common words at its start; its legs settle longer.
     work = dataclasses.replace(work, settle_s=args.settle_postgres)
     with postgres.database(f"soul_bench_{size}", keep=args.keep_db) as url:
         print("   PostgreSQL: filling ...", file=sys.stderr)

@@ -40,6 +40,7 @@ class DocumentVersion(BaseModel):
     reason: str | None = Field(default=None, description="why this version was written")
     created_at: str = Field(description="UTC, ISO 8601")
     restored_from: int | None = Field(default=None, description="the version this one restored, if any")
+    session_id: str | None = Field(default=None, description="the session that wrote it, if known")
 
 
 class Document(BaseModel):
@@ -72,6 +73,7 @@ class VersionSummary(BaseModel):
     created_at: str
     chars: int
     restored_from: int | None = None
+    session_id: str | None = Field(default=None, description="the session that wrote it, if known")
 
 
 class History(BaseModel):
@@ -103,6 +105,9 @@ class Memory(BaseModel):
     status: MemoryStatus = "active"
     status_reason: str | None = Field(default=None, description="why it was forgotten or revised")
     status_changed_at: str | None = None
+    status_changed_by: str | None = Field(
+        default=None, description="who forgot, restored or revised it (none for changes before 0.2)"
+    )
     supersedes: str | None = Field(default=None, description="id of the memory this one revised")
     superseded_by: str | None = Field(default=None, description="id of the memory that revised this one")
 

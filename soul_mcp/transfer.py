@@ -36,7 +36,7 @@ ROW_COLUMNS: dict[str, tuple[str, ...]] = {
     "tokens": ("rowid", "name", "token_hash", "scopes", "created_at", "last_used_at", "revoked_at"),
     "memories": ("rowid", "id", "content", "content_key", "kind", "tags", "importance", "occurred_at",
                  "created_at", "author", "session_id", "status", "status_reason", "status_changed_at",
-                 "supersedes", "superseded_by"),
+                 "supersedes", "superseded_by", "status_changed_by"),
     "memory_embeddings": ("id", "memory_rowid", "model", "dims", "text_hash", "vector"),
 }  # fmt: skip
 COPIED = tuple(ROW_COLUMNS)

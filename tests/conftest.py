@@ -30,6 +30,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def session_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """soul-mcp's caches (the warm start's answers, a PostgreSQL store's recall snapshots) go to a
+    folder of the test session, not the user's, in this process and the servers it starts."""
+    os.environ.setdefault("SOUL_MCP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "soul.db"

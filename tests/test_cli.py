@@ -148,8 +148,10 @@ def test_forget_takes_a_memory_out_of_recall_and_restore_memory_brings_it_back(d
     assert forgotten["status_reason"] == "we moved"
     assert as_json(cli("recall", "office", "--json", db=db_path))["hits"] == []
 
+    assert forgotten["status_changed_by"].startswith("cli:")
     restored = ok(cli("restore-memory", memory_id, db=db_path))
     assert restored.startswith("Restored:")
+    assert "  restored by cli:" in restored  # who brought it back
     hits = as_json(cli("recall", "office", "--json", db=db_path))["hits"]
     assert [hit["id"] for hit in hits] == [memory_id]
 

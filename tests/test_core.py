@@ -376,7 +376,7 @@ async def test_purge_deletes_only_forgotten_memories(agent: AgentSelf) -> None:
     with pytest.raises(NotFound):
         await agent.purge("m_000000000000")
 
-    await agent.forget(revised.id, "not needed")
+    await agent.forget(revised.id, "not needed", ME)
     await agent.purge(revised.id)
     with pytest.raises(NotFound):
         await agent.get_memory(revised.id)
@@ -390,22 +390,23 @@ async def test_purge_deletes_only_forgotten_memories(agent: AgentSelf) -> None:
 
 async def test_restore_memory_brings_a_forgotten_memory_back_into_recall(agent: AgentSelf) -> None:
     memory = (await agent.remember("The cat is called Miso", ME, tags=["home"])).memory
-    await agent.forget(memory.id, "mistake")
+    await agent.forget(memory.id, "mistake", ME)
     assert (await agent.recall("cat")).hits == []
-    restored = await agent.restore_memory(memory.id)
+    restored = await agent.restore_memory(memory.id, ME)
     assert restored.status == "active" and restored.status_reason is None
+    assert restored.status_changed_by == ME.name  # who brought it back
     assert [h.id for h in (await agent.recall("cat", tags=["home"])).hits] == [memory.id]
     with pytest.raises(InvalidInput, match="is active; this needs a memory that is forgotten"):
-        await agent.restore_memory(memory.id)
+        await agent.restore_memory(memory.id, ME)
 
 
 async def test_restore_is_refused_when_an_active_twin_holds_the_same_content(agent: AgentSelf) -> None:
     first = (await agent.remember("Standup is at nine", ME)).memory
-    await agent.forget(first.id, "thought it was wrong")
+    await agent.forget(first.id, "thought it was wrong", ME)
     twin = (await agent.remember("standup is at NINE", ME)).memory
     assert twin.id != first.id
     with pytest.raises(InvalidInput, match=f"cannot be restored: {twin.id} holds the same content"):
-        await agent.restore_memory(first.id)
+        await agent.restore_memory(first.id, ME)
     assert (await agent.get_memory(first.id)).status == "forgotten"
     assert [h.id for h in (await agent.recall("standup")).hits] == [twin.id]
 

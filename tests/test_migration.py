@@ -22,7 +22,8 @@ from soul_mcp.storage import sqlite as sqlite_store
 from soul_mcp.storage.schema import MIGRATIONS, SCHEMA_VERSION, content_digest, split_statements
 from soul_mcp.storage.sqlite import SQLiteStore, about_text
 from soul_mcp.storage.sqlite_embeddings import text_hash
-from soul_mcp.storage.sqlite_rows import MEMORY_COLUMNS, stored_seconds
+from soul_mcp.storage.sqlite_rows import MEMORY_COLUMNS as ALL_MEMORY_COLUMNS
+from soul_mcp.storage.sqlite_rows import stored_seconds
 
 pytestmark = pytest.mark.anyio
 
@@ -80,6 +81,10 @@ def version_5_database(path: Path) -> None:
             (version, f"soul v{version}", WHEN),
         )
     db.close()
+
+
+# The columns every schema has held (status_changed_by came with migration 9).
+MEMORY_COLUMNS = ALL_MEMORY_COLUMNS.replace(", m.status_changed_by", "")
 
 
 def read(path: Path, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:

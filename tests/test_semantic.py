@@ -687,3 +687,55 @@ def test_numpy_blas_stays_on_the_calling_thread_once_vectors_are_held() -> None:
     blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert blas, "numpy's BLAS was not found"
     assert all(pool["num_threads"] == 1 for pool in blas)
+
+
+@pytest.mark.anyio
+async def test_the_indexer_outlives_a_database_that_is_away_for_a_while(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that cannot be opened, then fails a look (a PostgreSQL restart, a cut link: the
+    store raises StorageError), only delays the embedding: the indexer retries and embeds."""
+    from soul_mcp.core.text import content_key
+    from soul_mcp.errors import StorageError
+    from soul_mcp.models import NewMemory
+    from soul_mcp.semantic import indexer
+    from soul_mcp.storage.sqlite import SQLiteStore
+
+    monkeypatch.setattr(indexer, "QUIET_S", 0.0)
+    monkeypatch.setattr(indexer, "RETRY_S", 0.2)
+    store = await SQLiteStore.open(db_path)
+    await store.add_memory(
+        NewMemory(
+            content=PUPPY, content_key=content_key(PUPPY), kind="event", tags=[], importance=3,
+            occurred_at="2024-05-08T10:00:00Z", author="tester", session_id="s1",
+        ),
+        "2024-05-08T10:00:00Z",
+    )  # fmt: skip
+    failures = {"open": 1, "look": 1}
+
+    async def open_flaky() -> SQLiteStore:
+        if failures["open"]:
+            failures["open"] -= 1
+            raise StorageError("database unavailable at postgresql://db/soul (connection refused); retrying")
+        opened = await SQLiteStore.open(db_path)
+        real = opened.pending_embeddings
+
+        async def pending(*args: Any) -> Any:
+            if failures["look"]:
+                failures["look"] -= 1
+                raise StorageError("database unavailable at postgresql://db/soul (server closed); retrying")
+            return await real(*args)
+
+        monkeypatch.setattr(opened, "pending_embeddings", pending)
+        return opened
+
+    model = StubModel()
+    semantic = indexer.SemanticIndexer(lambda background: model, open_flaky)
+    try:
+        semantic.start_background()
+        semantic.kick()
+        await wait_for(lambda: len(embedding_rows(db_path, model.name)) == 1, "the memory embedded")
+        assert failures == {"open": 0, "look": 0}
+    finally:
+        await semantic.close()
+        await store.close()

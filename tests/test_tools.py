@@ -357,6 +357,20 @@ async def test_revise_memory_supersedes_the_old_one(server: Any, mode: str) -> N
     assert new_stored["status"] == "active" and new_stored["supersedes"] == old
 
 
+async def test_who_forgot_or_revised_a_memory_is_kept(server: Any, mode: str) -> None:
+    """Provenance of status changes: the client that forgot a memory, the one that revised it."""
+    async with Client(server, mode=mode, client_info=Implementation(name="cursor", version="1.0")) as c:
+        memory_id = await remember(c, "The office moves to Lisbon")
+        forgotten = await ok(c, "forget", {"memory_id": memory_id, "reason": "not decided yet"})
+    assert forgotten["status_changed_by"] == "cursor"
+    async with Client(server, mode=mode) as c:
+        revised_id = await remember(c, "The office opens at 8")
+        await ok(c, "revise_memory", {"memory_id": revised_id, "content": "The office opens at 9",
+                                      "reason": "summer hours"})  # fmt: skip
+        old = json.loads(await read_text(c, f"self://memories/{revised_id}"))
+    assert old["status"] == "superseded" and old["status_changed_by"] == "mcp"
+
+
 # Documents ---------------------------------------------------------------------------------------
 
 

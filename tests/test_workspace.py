@@ -253,7 +253,7 @@ async def test_import_does_not_revive_forgotten_or_revised_memories(
 ) -> None:
     await import_workspace(agent, workspace, ME)
     memories = {m.content: m for m in await agent.active_memories()}
-    await agent.forget(memories["Maya leads the billing team."].id, "she moved teams")
+    await agent.forget(memories["Maya leads the billing team."].id, "she moved teams", ME)
     await agent.revise(memories["Sam owns the **invoice** renderer."].id, "Sam owns billing.", "promoted", ME)
     again = await import_workspace(agent, workspace, ME)
     assert (again.memories_added, again.memories_forgotten) == (0, 2)
@@ -315,7 +315,7 @@ async def test_export_import_export_is_byte_identical(
         assert stored.is_new
     await agent.write("intent", "Next: credit notes.", ME)
     gone = await agent.remember("A wrong fact", ME)
-    await agent.forget(gone.memory.id, "wrong")
+    await agent.forget(gone.memory.id, "wrong", ME)
     old = await agent.remember("Sam owns invoices", ME)
     await agent.revise(old.memory.id, "Sam owns the invoice PDFs", "more precise", ME)
 

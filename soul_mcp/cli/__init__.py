@@ -11,10 +11,13 @@ One module per group of commands, each command's options beside its handler:
     documents.py  soul, identity, user, intent, north-star: show, history, diff, edit, restore
     doctor.py     doctor (its checks are soul_mcp/doctor.py)
     hosts.py      config HOST: a ready configuration for Claude Desktop, Claude Code, Cursor, VS Code
+    hook.py       hook HOST: the wake-up in every new session, through the host's SessionStart hook
     memories.py   wake, remember, recall, forget, restore-memory, purge, memories list|show
     migrate.py    migrate: a whole self copied between databases (SQLite, PostgreSQL)
     serve.py      serve, on stdio or with --http
     tokens.py     token create|list|revoke
+    owner.py      owner set: the passphrase that approves OAuth clients
+    ui.py         ui: the web page on loopback, behind a one-time link (soul_mcp/web/)
     workspace.py  import, export
 and what they share:
     command.py    the database a command names, who it writes as, the self opened around its work
@@ -45,7 +48,20 @@ import os
 import sys
 
 from soul_mcp import __version__
-from soul_mcp.cli import admin, doctor, documents, hosts, memories, migrate, serve, tokens, workspace
+from soul_mcp.cli import (
+    admin,
+    doctor,
+    documents,
+    hook,
+    hosts,
+    memories,
+    migrate,
+    owner,
+    serve,
+    tokens,
+    ui,
+    workspace,
+)
 from soul_mcp.cli.documents import doc_commands
 from soul_mcp.cli.output import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error
 from soul_mcp.config import DB_ENV, SettingsError, log_level_from_env
@@ -57,14 +73,17 @@ __all__ = ["build_parser", "doc_commands", "main"]
 REGISTRARS = (
     admin.add_init,
     serve.register,
+    ui.register,
     memories.register,
     documents.register,
     admin.add_stats,
     doctor.register,
     hosts.register,
+    hook.register,
     admin.add_backup,
     migrate.register,
     tokens.register,
+    owner.register,
     admin.add_reindex,
     workspace.register,
     admin.add_version,

@@ -91,7 +91,7 @@ def forget(args: argparse.Namespace) -> int:
     from soul_mcp.core import render
 
     async def work(s: Any) -> None:
-        memory = await s.forget(args.memory_id, args.reason)
+        memory = await s.forget(args.memory_id, args.reason, actor())
         emit(args, memory, "Forgotten (restore-memory brings it back):\n" + render.memory(memory))
 
     return run_on_self(args, work, must_exist=True)
@@ -107,7 +107,7 @@ def restore_memory(args: argparse.Namespace) -> int:
     from soul_mcp.core import render
 
     async def work(s: Any) -> None:
-        memory = await s.restore_memory(args.memory_id)
+        memory = await s.restore_memory(args.memory_id, actor())
         emit(args, memory, "Restored:\n" + render.memory(memory))
 
     return run_on_self(args, work, must_exist=True)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 from soul_mcp.cli.command import Subcommands, database_problem, db_source
 from soul_mcp.cli.output import EXIT_DATABASE, EXIT_OK, EXIT_USAGE, error, refuse
@@ -37,6 +40,15 @@ def register(sub: Subcommands, common: argparse.ArgumentParser) -> None:
                    "an address other than loopback; other Host headers are refused")  # fmt: skip
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="with --http on loopback only: serve without tokens")  # fmt: skip
+    p.add_argument("--oauth", action="store_true",
+                   help="with --http: also be an OAuth authorization server, so that clients that "
+                   "speak OAuth (custom connectors) connect by URL; the owner approves each one with "
+                   "the passphrase of `soul-mcp owner set`. Static tokens keep working")  # fmt: skip
+    p.add_argument("--public-url", metavar="URL",
+                   help="with --oauth: the address clients reach this server at, e.g. "
+                   "https://soul.example.com (default: this server's own loopback address)")  # fmt: skip
+    p.add_argument("--tls-cert", metavar="PEM", help="with --http: serve https with this certificate (chain)")
+    p.add_argument("--tls-key", metavar="PEM", help="with --http: the private key of --tls-cert")
     p.add_argument("--soul-policy", choices=["open", "confirm", "locked"],
                    help="identity changes over MCP: open (default), confirm (ask through the client's "
                    "elicitation form; the client answers it, which proves no person did) or locked "
@@ -58,7 +70,9 @@ def port(text: str) -> int:
 def serve(args: argparse.Namespace) -> int:
     settings = Settings.load(args.db, soul_policy=args.soul_policy)
     http_only = [flag for flag, value in (("--host", args.host), ("--port", args.port),
-                 ("--allowed-host", args.allowed_host), ("--insecure-no-auth", args.insecure_no_auth)) if value]  # fmt: skip
+                 ("--allowed-host", args.allowed_host), ("--insecure-no-auth", args.insecure_no_auth),
+                 ("--oauth", args.oauth), ("--public-url", args.public_url), ("--tls-cert", args.tls_cert),
+                 ("--tls-key", args.tls_key)) if value]  # fmt: skip
     if http_only and not args.http:
         error(f"{', '.join(http_only)} only apply with --http")
         return EXIT_USAGE
@@ -105,13 +119,19 @@ def hint(args: argparse.Namespace, settings: Settings) -> str:
 def serve_over_http(args: argparse.Namespace, settings: Settings) -> int:
     from soul_mcp.server.http import BindError, ConfigError, serve_http
 
+    host = args.host or "127.0.0.1"
+    port = args.port if args.port is not None else 8765
     try:
+        tls = tls_files(args)
+        oauth = oauth_options(args, host, port, tls)
         serve_http(
             settings,
-            host=args.host or "127.0.0.1",
-            port=args.port if args.port is not None else 8765,
+            host=host,
+            port=port,
             allowed_hosts=args.allowed_host or [],
             insecure_no_auth=args.insecure_no_auth,
+            oauth=oauth,
+            tls=tls,
         )
     except ConfigError as exc:
         error(str(exc))
@@ -122,3 +142,29 @@ def serve_over_http(args: argparse.Namespace, settings: Settings) -> int:
         error(str(exc))
         return EXIT_DATABASE
     return EXIT_OK
+
+
+def tls_files(args: argparse.Namespace) -> Any:
+    from soul_mcp.server.http import ConfigError, Tls
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together: the certificate and its private key")
+    return Tls(Path(args.tls_cert).expanduser(), Path(args.tls_key).expanduser()) if args.tls_cert else None
+
+
+def oauth_options(args: argparse.Namespace, host: str, port: int, tls: Any) -> Any:
+    """--oauth's settings; the access tokens' lifetime from $SOUL_MCP_OAUTH_ACCESS_SECONDS (tests
+    shorten it)."""
+    from soul_mcp.server.http import ConfigError, public_url
+    from soul_mcp.server.oauth import ACCESS_SECONDS_ENV, OAuthOptions
+
+    if not args.oauth:
+        if args.public_url:
+            raise ConfigError("--public-url only applies with --oauth")
+        return None
+    text = os.environ.get(ACCESS_SECONDS_ENV, "3600")
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 86400):
+        raise ConfigError(
+            f"${ACCESS_SECONDS_ENV} is the access tokens' lifetime, 1 to 86400 seconds, got {text!r}"
+        )
+    return OAuthOptions(public_url(args.public_url, host, port, tls), access_seconds=int(text))

@@ -187,6 +187,7 @@ class AgentSelf:
                     created_at=v.created_at,
                     chars=len(v.content),
                     restored_from=v.restored_from,
+                    session_id=v.session_id,
                 )
                 for v in versions
             ],
@@ -258,18 +259,23 @@ class AgentSelf:
             raise NotFound(f"no memory has the id {memory_id!r}; recall lists memories with their ids")
         return memory
 
-    async def forget(self, memory_id: str, reason: str) -> Memory:
+    async def forget(self, memory_id: str, reason: str, actor: Actor) -> Memory:
         """Take a memory out of recall. It stays stored and can be restored until purged."""
         reason = validate.reason(reason, self.limits)
         forgotten = await self.store.set_memory_status(
-            validate.memory_id(memory_id), "forgotten", reason, now_stored(), expect=("active",)
+            validate.memory_id(memory_id),
+            "forgotten",
+            reason,
+            now_stored(),
+            expect=("active",),
+            by=actor.name,
         )
         self._changed(status=True)  # its neighbours are embedded again without its words
         return forgotten
 
-    async def restore_memory(self, memory_id: str) -> Memory:
+    async def restore_memory(self, memory_id: str, actor: Actor) -> Memory:
         restored = await self.store.set_memory_status(
-            validate.memory_id(memory_id), "active", None, now_stored(), expect=("forgotten",)
+            validate.memory_id(memory_id), "active", None, now_stored(), expect=("forgotten",), by=actor.name
         )
         self._changed(status=True)
         return restored

@@ -102,6 +102,10 @@ def memory(m: Memory) -> str:
     lines = [hit_line(m), f"  status: {m.status}, created {m.created_at}"]
     if m.status_reason:
         lines.append(f"  reason: {m.status_reason}")
+    if m.status_changed_by and m.status_changed_at:
+        lines.append(
+            f"  {m.status if m.status != 'active' else 'restored'} by {m.status_changed_by}, {m.status_changed_at}"
+        )
     if m.supersedes:
         lines.append(f"  revises: {m.supersedes}")
     if m.superseded_by:

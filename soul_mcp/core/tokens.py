@@ -4,6 +4,9 @@ A token is `soul_` followed by 32 random bytes (URL-safe base64). The store keep
 with 256 bits of randomness nobody can find a token from its hash by guessing, so the slow hashes
 made for passwords would add nothing but cost on every request; an equality lookup on the hash is
 also what lets a request find its token in one indexed read.
+
+The OAuth server (`serve --http --oauth`) makes its codes and tokens the same way, and keeps the
+owner passphrase, which a person chose and so is guessable, as a slow scrypt hash.
 """
 
 from __future__ import annotations
@@ -52,3 +55,56 @@ def scopes(values: list[str] | tuple[str, ...] | str) -> tuple[str, ...]:
     if not wanted:
         raise InvalidInput("a token needs at least one scope: read, write or identity")
     return tuple(s for s in SCOPES if s in wanted)
+
+
+# OAuth (`serve --http --oauth`) ------------------------------------------------------------------
+# Its tokens are as random as the static ones and hashed the same way; their prefixes tell the
+# server which table to look in (neither starts with PREFIX).
+ACCESS_PREFIX = "soulat_"
+REFRESH_PREFIX = "soulrt_"
+CODE_PREFIX = "soulac_"
+
+
+def new_oauth_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+# The owner's passphrase is chosen by a person, so it is guessable: kept as a scrypt hash (RFC
+# 7914) with a random salt. n=2**15, r=8 takes ~32 MiB and a few tens of milliseconds a check.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+MIN_PASSPHRASE_CHARS = 12
+
+
+def passphrase_hash(passphrase: str) -> str:
+    """`scrypt$n$r$p$salt$hash` (hex), for `passphrase_matches`."""
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise InvalidInput(
+            f"the owner passphrase needs at least {MIN_PASSPHRASE_CHARS} characters (a few words are easy to "
+            "type and hard to guess)"
+        )
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def passphrase_matches(passphrase: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        found = _scrypt(passphrase, bytes.fromhex(salt), int(n), int(r), int(p))
+    except (ValueError, MemoryError):
+        return False
+    return secrets.compare_digest(found, bytes.fromhex(digest))
+
+
+def _scrypt(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(
+        passphrase.encode("utf-8", "surrogatepass"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        maxmem=64 * 1024 * 1024,
+        dklen=32,
+    )

@@ -22,7 +22,7 @@ fetched again once the number of memories has moved by more than STALE_SHARE sin
 
 Once loaded, the index has the commonest words fetched by a thread of its own (prefill.py).
 
-A new process starts from the snapshot beside the data when there is a valid one (snapshot.py): it
+A new process starts from the snapshot (beside the data, or cached: snapshot.py) when there is a valid one: it
 is the index as of a position of the change log, checked against the log and a sample of memories
 before use, then brought up to date by the changes logged since, like any other process's writes.
 Once the prefill is done, again after SAVE_AFTER changes, and when the engine closes (recall

@@ -3,18 +3,25 @@
 A word first asked for costs the store its per-memory scoring, for every memory holding it: tens of
 milliseconds for a common word at 100k memories (bench/README.md). So once the index is loaded, this thread
 fetches the words held by at least PREFILL_MIN memories, the commonest first, over a reader of its
-own (RecallSource.blocking_reader), and hands them over; recalls go on meanwhile.
+own (RecallSource.blocking_reader), and hands them over; recalls go on meanwhile. A reader that can
+give every common word's postings in one pass (PostgreSQL's, `common_parts`) is asked once: a
+statement per word costs a store that computes the parts itself a round trip and a plan each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 from soul_mcp.errors import StorageError
 from soul_mcp.recall.bm25 import POSTINGS_KEPT, Postings, idf
 from soul_mcp.recall.source import BlockingReader, Tokenizer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ class Prefill:
         self._recalls = 0
         self._thread = threading.Thread(target=self._run, name="soul-mcp-recall-prefill", daemon=True)
         self.fetched = 0  # words (for tests and logs)
+        self._reader: BlockingReader | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -71,6 +79,10 @@ class Prefill:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._idle.set()
+        # A reader in the middle of its statement over every word may take seconds: cut it short.
+        cancel = getattr(self._reader, "cancel", None)
+        if cancel is not None:
+            cancel()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -88,38 +100,60 @@ class Prefill:
         return done
 
     def _run(self) -> None:
-        import numpy as np
-
         try:
-            reader = self._open_reader()
+            reader = self._reader = self._open_reader()
         except StorageError as exc:
             log.warning("recall prefill: %s", exc)
             return
         try:
-            terms = reader.common_words(PREFILL_MIN)
             tokens = self._tokenizer()
             entries = 0
-            for term in terms:
-                self._idle.wait()
-                if self._stop.is_set():
-                    return
-                if entries > PREFILL_SHARE * POSTINGS_KEPT:
-                    break
-                # Held already, or a match of it would find another token.
-                if term in self.held or tokens.keys([term]) != [term]:
-                    continue
-                word_parts = getattr(reader, "word_parts", None)  # parts already (source.py)
-                rows = word_parts(term) if word_parts is not None else reader.word_scores(term)
-                weight = 1.0 if word_parts is not None else idf(self.memories, len(rows))
-                kept = [r for r in rows if r[0] <= self.top]
-                rowids = np.array([r for r, _ in kept], dtype=np.int64)
-                parts = np.array([s for _, s in kept], dtype=np.float64) / weight
-                with self._lock:
-                    self._done.append((term, Postings(rowids, parts, self.top, self.memories)))
-                self.fetched += 1
-                entries += len(rowids)
+            # Closed before the reader: its statement over every word ends first.
+            with contextlib.closing(self._words(reader)) as words:
+                for term, rowids, parts in words:
+                    self._idle.wait()
+                    if self._stop.is_set():
+                        return
+                    if entries > PREFILL_SHARE * POSTINGS_KEPT:
+                        break
+                    # Held already, or a match of it would find another token.
+                    if term in self.held or tokens.keys([term]) != [term]:
+                        continue
+                    if rowids is None:
+                        rowids, parts = self._fetch(reader, term)
+                    within = rowids <= self.top
+                    rowids, parts = rowids[within], parts[within]
+                    with self._lock:
+                        self._done.append((term, Postings(rowids, parts, self.top, self.memories)))
+                    self.fetched += 1
+                    entries += len(rowids)
             self.completed = True
         except StorageError as exc:  # e.g. the file was removed: recalls fetch words themselves
-            log.warning("recall prefill stopped: %s", exc)
+            if not self._stop.is_set():
+                log.warning("recall prefill stopped: %s", exc)
         finally:
             reader.close()
+
+    def _words(self, reader: BlockingReader) -> Generator[tuple[str, np.ndarray | None, np.ndarray]]:
+        """The common words, the commonest first, each with its rowids and parts when the reader
+        gives them all in one pass (`common_parts`, source.py); else (word, None, empty), fetched
+        one by one."""
+        import numpy as np
+
+        common_parts = getattr(reader, "common_parts", None)
+        if common_parts is not None:
+            yield from common_parts(PREFILL_MIN)
+            return
+        for term in reader.common_words(PREFILL_MIN):
+            yield term, None, np.zeros(0)
+
+    def _fetch(self, reader: BlockingReader, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """One word's rowids and parts."""
+        import numpy as np
+
+        word_parts = getattr(reader, "word_parts", None)  # parts already (source.py)
+        rows = word_parts(term) if word_parts is not None else reader.word_scores(term)
+        weight = 1.0 if word_parts is not None else idf(self.memories, len(rows))
+        rowids = np.array([r for r, _ in rows], dtype=np.int64)
+        parts = np.array([s for _, s in rows], dtype=np.float64) / weight
+        return rowids, parts

@@ -1,4 +1,5 @@
-"""The recall index on disk: a file of arrays beside the database, so that a new process ranks at
+"""The recall index on disk: a file of arrays beside the database (for a database that is not a
+file, PostgreSQL's, one in the user's cache folder: cache_file), so that a new process ranks at
 once instead of reading every memory's columns and fetching every common word's postings again.
 
 What it holds is what RecallIndex holds, as of one position of the change log: the memories'
@@ -46,6 +47,39 @@ FORMAT = 1  # move it whenever what is stored, or how a score part is computed, 
 HEAD = struct.Struct("<8sIIQIQ")  # magic, format, header length, body length, header crc, body sum
 ABANDONED_AFTER = 600  # seconds: a temporary file older than this was left by a killed writer
 COLUMNS = {"active": "|b1", "when": "<i8", "kind": "<i2", "context": "<i8", "memory": "<i8"}
+
+
+# The folder of soul-mcp's caches (server/warmstart.py reads the same variable; importing it from
+# there would load the server): a store that is not a file keeps its snapshot there (cache_file).
+CACHE_DIR_ENV = "SOUL_MCP_CACHE_DIR"
+# A cached snapshot not written for this long is removed (its database may be long gone; one still
+# in use is written again by the next process that closes after a change, or rebuilt).
+CACHE_KEPT_S = 30 * 86400
+
+
+def cache_file(name: str) -> Path | None:
+    """The path of snapshot `name` in the user's cache folder (SOUL_MCP_CACHE_DIR overrides it),
+    for a store with no file to keep it beside; the folder made private. None when it cannot be."""
+    from soul_mcp.files import make_private_dirs
+
+    override = os.environ.get(CACHE_DIR_ENV)
+    if override:
+        folder = Path(override).expanduser()
+    else:
+        from platformdirs import user_cache_dir
+
+        folder = Path(user_cache_dir("soul-mcp", appauthor=False))
+    try:
+        make_private_dirs(folder / "recall")
+    except OSError as exc:
+        log.info("no recall snapshot in %s: %s", folder, exc)
+        return None
+    now = time.time()
+    for old in (folder / "recall").iterdir():
+        with contextlib.suppress(OSError):
+            if now - old.lstat().st_mtime > CACHE_KEPT_S:
+                old.unlink()
+    return folder / "recall" / name
 
 
 @dataclass

@@ -86,6 +86,8 @@ class RecallSource(Protocol):
     # each score divided by the word's idf (what the engine keeps), and its BlockingReader the same
     # for one word. The engine then uses it: a store that computes BM25 itself (PostgreSQL) need not
     # count every memory holding a word to fetch the few stored since (the idf needs that count).
+    # Its BlockingReader may also offer `common_parts(min_memories)`: (word, rowids, parts) of every
+    # word common_words names, in its order, rowids ascending, from one pass (recall/prefill.py).
 
     async def tagged_rowids(self, tag: str, above: int, upto: int) -> list[int]:
         """The rowids in (above, upto] of the memories carrying `tag`, ascending."""

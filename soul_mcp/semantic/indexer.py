@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 
 from soul_mcp.config import Semantic
-from soul_mcp.errors import EmbeddingError
+from soul_mcp.errors import EmbeddingError, StorageError
 from soul_mcp.semantic.embedders import Embedder, embedder_for
 from soul_mcp.storage.base import EmbeddingJob, EmbeddingStore
 
@@ -132,8 +132,21 @@ class BackgroundIndexer:
             log.exception("the indexer stopped after an unexpected error; recall goes on with BM25 for "
                           "memories without embeddings")  # fmt: skip
 
+    async def _opened(self) -> EmbeddingStore | None:
+        """The indexer's own store, once the database can be opened (None: stopped meanwhile)."""
+        while not self._stop.is_set():
+            try:
+                return await self._open_store()
+            except StorageError as exc:
+                log.warning("could not open the database to embed memories (will retry in %.0f s): %s",
+                            RETRY_S, exc)  # fmt: skip
+                await anyio.to_thread.run_sync(self._stop.wait, RETRY_S)
+        return None
+
     async def _main(self) -> None:
-        store = await self._open_store()
+        store = await self._opened()
+        if store is None:
+            return
         embedder = self._make_embedder()
         # Looking at every memory costs ~50 ms at 100k memories, so after a complete look only the
         # memories stored since are looked at (positions only grow), until something asks for a
@@ -160,7 +173,9 @@ class BackgroundIndexer:
                             store, embedder, jobs, BACKGROUND_CHUNK, self._until_quiet
                         )
                     timeout = IDLE_RESCAN_S
-                except EmbeddingError as exc:
+                except (EmbeddingError, StorageError) as exc:
+                    # The model's endpoint, or the database (a PostgreSQL restart, a cut link), is
+                    # away for a while: what is missing is embedded when it is back.
                     log.warning("could not embed memories (will retry in %.0f s): %s", RETRY_S, exc)
                     timeout = RETRY_S
                 if not self._stop.is_set():

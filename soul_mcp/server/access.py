@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The claim of an OAuth access token that names the grant's author (server/oauth.AUTHOR_CLAIM,
+# repeated here so that this module does not import the authorization server).
+OAUTH_AUTHOR_CLAIM = "soul_author"
+
 READ, WRITE, IDENTITY = "read", "write", "identity"
 ALL_SCOPES = frozenset(SCOPES)
 
@@ -112,6 +116,7 @@ class Caller:
     name: str
     scopes: frozenset[str]
     session_id: str | None
+    oauth: bool = False  # through an OAuth grant rather than a static token
 
     @property
     def actor(self) -> Actor:
@@ -139,8 +144,14 @@ def caller(rctx: ServerRequestContext[Any, Any]) -> Caller:
         # stdio or in-process: one connection per lifespan, so the lifespan's id is the session's.
         return Caller(client or "unknown client", ALL_SCOPES, session.session_id)
     user = request.scope.get("user")
+    oauth = False
     if isinstance(user, AuthenticatedUser):
-        name, scopes = user.access_token.client_id, frozenset(user.scopes)
+        token = user.access_token
+        name, scopes = token.client_id, frozenset(user.scopes)
+        # An OAuth grant (server/oauth.py) writes as its client's name; a static token as its own.
+        author = (token.claims or {}).get(OAUTH_AUTHOR_CLAIM)
+        if isinstance(author, str):
+            name, oauth = author, True
     else:  # --insecure-no-auth on loopback
         name, scopes = client or "unknown client", ALL_SCOPES
     # One HTTP server serves many MCP sessions under one lifespan, so the session id comes from
@@ -153,7 +164,7 @@ def caller(rctx: ServerRequestContext[Any, Any]) -> Caller:
         session_id = _digest(transport_session)
     else:
         session_id = _digest(session.session_id, name, client or "")
-    return Caller(name, scopes, session_id)
+    return Caller(name, scopes, session_id, oauth)
 
 
 def may_read(rctx: ServerRequestContext[Any, Any]) -> bool:
@@ -164,6 +175,11 @@ def may_read(rctx: ServerRequestContext[Any, Any]) -> bool:
 
 def _missing_scope(who: Caller, scope: str, what: str) -> str:
     have = ", ".join(s for s in SCOPES if s in who.scopes) or "none"
+    if who.oauth:
+        return (
+            f"{what} needs the '{scope}' scope, and the owner approved {have} for {who.name}. "
+            f"Connect again and ask the owner to approve '{scope}' on the consent page"
+        )
     return (
         f"{what} needs the '{scope}' scope, and the token '{who.name}' has {have}. "
         f"Create a token that has it: soul-mcp token create NAME --scope {','.join(sorted({*who.scopes, scope}, key=SCOPES.index))}"

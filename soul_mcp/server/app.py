@@ -166,14 +166,22 @@ def _add_prompts(server: MCPServer[Session], holder: SelfHolder) -> None:
         )
 
 
-def build_server(settings: Settings, *, bearer_auth: bool = False) -> MCPServer[Session]:
+def build_server(
+    settings: Settings,
+    *,
+    bearer_auth: bool = False,
+    auth_for: Callable[[SelfHolder], dict[str, Any]] | None = None,
+) -> MCPServer[Session]:
     """A ready MCP server over the database named by `settings`. Opens nothing until it runs.
 
     `bearer_auth`: HTTP requests must carry a token from the tokens table (see server/http.py).
+    `auth_for`: the MCPServer auth arguments instead, made over the server's holder (OAuth).
     """
     holder = SelfHolder(settings)
     auth: dict[str, Any] = {}
-    if bearer_auth:
+    if auth_for is not None:
+        auth = auth_for(holder)
+    elif bearer_auth:
         # The SDK wants an issuer URL with its auth settings; it is only published when the server
         # is also an OAuth authorization or resource server, which this one is not.
         auth = {

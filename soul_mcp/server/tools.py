@@ -217,7 +217,7 @@ async def forget(
     memory, use revise_memory instead. Returns the memory (only its id and status for a token
     without the read scope).
     """
-    memory = await _self(ctx).forget(memory_id, reason)
+    memory = await _self(ctx).forget(memory_id, reason, _actor(ctx))
     if not access.may_read(ctx.request_context):
         kept = memory.model_dump(include={"id", "status", "status_reason", "status_changed_at"})
         return _result(MemoryView(**kept), f"Forgotten {memory.id} (restorable until purged).")

@@ -61,9 +61,16 @@ class Store(RecallSource, Protocol):
     async def get_memory(self, memory_id: str) -> Memory | None: ...
 
     async def set_memory_status(
-        self, memory_id: str, status: str, reason: str | None, changed_at: str, expect: tuple[str, ...]
+        self,
+        memory_id: str,
+        status: str,
+        reason: str | None,
+        changed_at: str,
+        expect: tuple[str, ...],
+        by: str | None = None,
     ) -> Memory:
-        """Move a memory to `status` if it is in one of `expect`; raises NotFound / InvalidInput."""
+        """Move a memory to `status` if it is in one of `expect`, recording who did (`by`); raises
+        NotFound / InvalidInput."""
         ...
 
     async def revise_memory(

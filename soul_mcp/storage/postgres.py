@@ -38,7 +38,10 @@ from soul_mcp.models import (
     TokenInfo,
 )
 from soul_mcp.storage.base import EmbeddingJob
+from soul_mcp.storage.oauth_rows import PostgresOAuthRows
+from soul_mcp.storage.postgres_link import LinkWatch
 from soul_mcp.storage.postgres_notify import ChangeListener
+from soul_mcp.storage.postgres_pool import IdleCheck
 from soul_mcp.storage.postgres_recall import (
     MEMORY_COLUMNS,
     PostgresRecall,
@@ -73,7 +76,11 @@ POOL_SIZE = 8
 # to keepalives after 5 + 3 x 1 s), and the call fails as in any outage.
 DEAD_LINK = {"tcp_user_timeout": 5000, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1,
              "keepalives_count": 3}  # fmt: skip
-VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from"
+# Neither fires when something between here and the database still acknowledges bytes but passes
+# none: postgres_link.py notices that. The pool's check, an empty query, is looked at sooner: one
+# that fails only costs a new connection.
+CHECK_LOOK_AFTER_S = 2.0
+VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from, session_id"
 TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
 
 
@@ -111,7 +118,7 @@ def about_words(kind: str, occurred_at: str) -> str:
 
 
 def _version(row: Sequence[Any]) -> DocumentVersion:
-    document, version, content, author, reason, created_at, restored_from = row
+    document, version, content, author, reason, created_at, restored_from, session_id = row
     return DocumentVersion(
         document=document,
         version=version,
@@ -120,6 +127,7 @@ def _version(row: Sequence[Any]) -> DocumentVersion:
         reason=reason,
         created_at=created_at,
         restored_from=restored_from,
+        session_id=session_id,
     )
 
 
@@ -134,12 +142,13 @@ def _token(row: Sequence[Any]) -> TokenInfo:
     )
 
 
-class PostgresStore(PostgresRecall):
+class PostgresStore(PostgresRecall, PostgresOAuthRows):
     """A `Store` (and `EmbeddingStore`) over one PostgreSQL database."""
 
-    def __init__(self, conninfo: str, pool: AsyncConnectionPool) -> None:
+    def __init__(self, conninfo: str, pool: AsyncConnectionPool, links: LinkWatch) -> None:
         self._conninfo = conninfo
         self._pool = pool
+        self._links = links
         self.shown = shown_url(conninfo)
         self.read_only: str | None = None
         self.migrated_from: int | None = None
@@ -165,13 +174,19 @@ class PostgresStore(PostgresRecall):
         except psycopg.Error as exc:
             raise unavailable(exc, shown) from None
         await first.close()
+        checks, links = IdleCheck(), LinkWatch(url, DEAD_LINK)
+
+        async def check(conn: psycopg.AsyncConnection[Any]) -> None:
+            with links.watching(conn, CHECK_LOOK_AFTER_S):
+                await checks.check(conn)
+
         pool = AsyncConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S, **DEAD_LINK},
-            # A connection the database dropped is replaced before it is handed out.
-            check=AsyncConnectionPool.check_connection,
+            # A connection the database dropped is replaced before it is handed out (postgres_pool.py).
+            check=check,
             timeout=CONNECT_TIMEOUT_S,
             reconnect_timeout=RECONNECT_GIVE_UP_S,
             open=False,
@@ -182,9 +197,11 @@ class PostgresStore(PostgresRecall):
         except Exception as exc:
             await pool.close()
             raise unavailable(_cause(exc), shown) from None
-        store = cls(url, pool)
+        store = cls(url, pool, links)
+        checks.doubt = lambda: store._unavailable
         try:
             before = await store._migrate()
+            await store.identify()
         except psycopg.Error as exc:
             await pool.close()
             raise store._error(exc) from None
@@ -207,7 +224,7 @@ class PostgresStore(PostgresRecall):
         True when one came. A hint only: the watcher reads the facts from the tables."""
         if self._listener is None:
             self._listener = ChangeListener(
-                self._conninfo, self.shown, CONNECT_TIMEOUT_S, self._connection_lost
+                self._conninfo, self.shown, CONNECT_TIMEOUT_S, self._links, self._connection_lost
             )
         return await self._listener.wait(timeout)
 
@@ -255,7 +272,8 @@ class PostgresStore(PostgresRecall):
             if self._unavailable:
                 log.info("the database %s is available again", self.shown)
                 self._unavailable = False
-            yield conn
+            with self._links.watching(conn):
+                yield conn
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -317,6 +335,7 @@ class PostgresStore(PostgresRecall):
             reason=reason,
             created_at=created_at,
             restored_from=restored_from,
+            session_id=session_id,
         )
 
     async def get_version(self, document: str, version: int | None = None) -> DocumentVersion | None:
@@ -419,7 +438,13 @@ class PostgresStore(PostgresRecall):
         return memory_from_row(row)
 
     async def set_memory_status(
-        self, memory_id: str, status: str, reason: str | None, changed_at: str, expect: tuple[str, ...]
+        self,
+        memory_id: str,
+        status: str,
+        reason: str | None,
+        changed_at: str,
+        expect: tuple[str, ...],
+        by: str | None = None,
     ) -> Memory:
         import psycopg
 
@@ -442,8 +467,9 @@ class PostgresStore(PostgresRecall):
                     if twin is not None:
                         raise _twin_error(memory_id, twin[0])
                 await db.execute(
-                    "UPDATE memories SET status = %s, status_reason = %s, status_changed_at = %s WHERE id = %s",
-                    (status, reason, changed_at, memory_id),
+                    "UPDATE memories SET status = %s, status_reason = %s, status_changed_at = %s, "
+                    "status_changed_by = %s WHERE id = %s",
+                    (status, reason, changed_at, by, memory_id),
                 )
                 return await self._require(db, memory_id, lock=False)
         except StorageError as exc:
@@ -464,9 +490,9 @@ class PostgresStore(PostgresRecall):
                 )
             # Leave recall first, so the revision may keep the same normalised content.
             await db.execute(
-                "UPDATE memories SET status = 'superseded', status_reason = %s, status_changed_at = %s "
-                "WHERE id = %s",
-                (reason, created_at, memory_id),
+                "UPDATE memories SET status = 'superseded', status_reason = %s, status_changed_at = %s, "
+                "status_changed_by = %s WHERE id = %s",
+                (reason, created_at, new.author, memory_id),
             )
             revised = await self._insert_memory(db, new, created_at, supersedes=memory_id)
             if revised is None:

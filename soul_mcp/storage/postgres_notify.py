@@ -26,19 +26,30 @@ from soul_mcp.storage.postgres_schema import CHANGE_CHANNEL
 if TYPE_CHECKING:
     import psycopg
 
+    from soul_mcp.storage.postgres_link import LinkWatch
+
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
+# Every this many seconds the listener asks the database a question: a link that went silent while
+# something on the way still acknowledges (so that keepalives pass) is noticed and made again.
+PROBE_S = 30.0
 
 
 class ChangeListener:
     """Waits for CHANGE_CHANNEL pings on a connection of its own, reconnecting by itself."""
 
     def __init__(
-        self, conninfo: str, shown: str, connect_timeout: float, on_lost: Callable[[], None] | None = None
+        self,
+        conninfo: str,
+        shown: str,
+        connect_timeout: float,
+        links: LinkWatch,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._conninfo = conninfo
+        self._links = links  # a probe on a link gone silent is cut (postgres_link.py)
         self._on_lost = on_lost  # told at once when the connection drops (a restart, a network cut)
         self._shown = shown
         self._connect_timeout = connect_timeout
@@ -92,8 +103,11 @@ class ChangeListener:
                     log.info("listening for changes on %s again", self._shown)
                 self.connected, backoff, warned = True, FIRST_BACKOFF_S, False
                 self._changed.set()  # whatever was sent while nobody listened
-                async for _ in self._conn.notifies():
-                    self._changed.set()
+                while True:
+                    async for _ in self._conn.notifies(timeout=PROBE_S):
+                        self._changed.set()
+                    with self._links.watching(self._conn, self._connect_timeout):
+                        await self._conn.execute("SELECT 1")
             except Exception as exc:  # a lost or refused connection; anything else is retried too
                 # Once per outage at warning level; the retries that follow at debug.
                 level = logging.DEBUG if warned else logging.WARNING

@@ -17,19 +17,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from soul_mcp.errors import StorageError
 from soul_mcp.models import Memory
 from soul_mcp.recall.query import SearchQuery
+from soul_mcp.recall.snapshot import cache_file
 from soul_mcp.recall.source import BlockingReader, EmbeddingRow, MemoryColumns, WordScore
 from soul_mcp.storage.sqlite_recall import Tokens
 
 # The memories' columns are read, and made a Memory, as the SQLite store does (the same names).
 from soul_mcp.storage.sqlite_rows import MEMORY_COLUMNS, memory_from_row
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
 
 # tsvector refuses a lexeme of 2 KB or more, and keeps at most 256 positions of one lexeme.
 LONG_LEXEME_BYTES = 1000
@@ -41,9 +48,17 @@ COLUMN_FREQ = {"A": 1.0, "B": 0.5, "C": 0.5}  # bm25(memories_fts, 1.0, 0.5, 0.5
 BY_TIME = "m.occurred_at DESC, m.rowid DESC"
 BY_IMPORTANCE = "m.importance DESC, m.occurred_at DESC, m.rowid DESC"
 
+# The active memories' count and tokens (the view text_totals) read through the slots' key: every
+# remember leaves a dead row version in text_total_slots until vacuum, and the view's sequential
+# scan read them all, up to 600 pages and 6 ms at 100k memories, at each word fetched.
+TOTALS = (
+    "(SELECT sum(memories)::bigint AS memories, sum(tokens)::bigint AS tokens FROM text_total_slots "
+    "WHERE slot = ANY('{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}'::integer[]))"
+)
+
 # One word's matches among the active memories with their score parts: %(q)s is the word as a
 # tsquery, %(lexeme)s the word, %(above)s the rowid to start above. n counts every match.
-WORD_SCORES = """
+WORD_SCORES = f"""
 WITH hits AS (
     SELECT m.rowid, m.tokens::float8 AS d,
            (m.freqs ->> %(lexeme)s)::float8 AS f
@@ -51,7 +66,7 @@ WITH hits AS (
 ), parts AS (
     SELECT t.memories::float8 AS n_rows, nullif(t.tokens::float8 / nullif(t.memories, 0)::float8, 0) AS avgdl,
            (SELECT count(*) FROM hits)::float8 AS n_hits
-    FROM text_totals t
+    FROM {TOTALS} t
 ), weights AS (
     SELECT avgdl, CASE WHEN ratio <= 0 THEN 1e-6::float8 WHEN ln(ratio) <= 0 THEN 1e-6::float8
                        ELSE ln(ratio) END AS idf
@@ -65,29 +80,77 @@ FROM hits h, weights w WHERE h.rowid > %(above)s ORDER BY h.rowid
 # The same without the idf: a word's score parts (RecallSource.word_parts), for the memories above a
 # rowid only. No count of every match is needed, so fetching the few memories stored since a word
 # was fetched reads those few.
-WORD_PARTS = """
-SELECT m.rowid, x.f * (1.2::float8 + 1.0::float8)
-       / (x.f + 1.2::float8 * (1::float8 - 0.75::float8 + 0.75::float8 * m.tokens::float8 / t.avgdl))
+PART = (
+    "{f} * (1.2::float8 + 1.0::float8) "
+    "/ ({f} + 1.2::float8 * (1::float8 - 0.75::float8 + 0.75::float8 * m.tokens::float8 / t.avgdl))"
+)
+AVGDL = f"(SELECT nullif(tokens::float8 / nullif(memories, 0)::float8, 0) AS avgdl FROM {TOTALS} t0) t"
+WORD_PARTS = f"""
+SELECT m.rowid, {PART.format(f="x.f")}
 FROM memories m
-CROSS JOIN (SELECT nullif(tokens::float8 / nullif(memories, 0)::float8, 0) AS avgdl FROM text_totals) t
+CROSS JOIN {AVGDL}
 CROSS JOIN LATERAL (SELECT (m.freqs ->> %(lexeme)s)::float8 AS f) x
 WHERE m.status = 'active' AND m.words @@ %(q)s::tsquery AND m.rowid > %(above)s
 ORDER BY m.rowid
 """
 
+
+def words_parts(count: int) -> str:
+    """WORD_PARTS for `count` words in one statement, each its own branch (planned for its word:
+    the text index for a rare one, the key's range for a common one above a high rowid), tagged
+    with its place; the parameters are each word's lexeme, tsquery and rowid to start above."""
+    branch = (
+        "SELECT {n}, m.rowid, " + PART.format(f="x.f") + " FROM memories m CROSS JOIN t "
+        "CROSS JOIN LATERAL (SELECT (m.freqs ->> %s)::float8 AS f) x "
+        "WHERE m.status = 'active' AND m.words @@ %s::tsquery AND m.rowid > %s"
+    )
+    return f"WITH t AS MATERIALIZED (SELECT * FROM {AVGDL}) " + " UNION ALL ".join(
+        branch.format(n=n) for n in range(count)
+    )
+
+
+# Every word held by at least %s active memories with its parts, the commonest first, in one pass
+# over the memories' `freqs` (the prefill, recall/prefill.py): the parts as WORD_PARTS gives them,
+# to the bit, for a fifth of the time the words take one statement each (2,500 words at 100k).
+COMMON_PARTS = f"""
+SELECT e.key, array_agg(m.rowid), array_agg({PART.format(f="e.value::float8")})
+FROM memories m
+CROSS JOIN {AVGDL}
+CROSS JOIN LATERAL jsonb_each_text(m.freqs) e
+WHERE m.status = 'active'
+GROUP BY e.key HAVING count(*) >= %s ORDER BY count(*) DESC, e.key
+"""
+
 # A word of several tokens ("it's": it, s) is a phrase to FTS5: its frequency is the number of
 # places where its tokens follow each other in one column. Its matches (tsquery's <->) come with the
 # positions of its tokens, and the count and score are made in Python (same formula, same doubles).
-PHRASE_ROWS = """
+PHRASE_ROWS = f"""
 SELECT m.rowid, m.tokens, u.lexeme, u.positions, u.weights, t.memories, t.tokens
-FROM memories m CROSS JOIN LATERAL unnest(m.words) u CROSS JOIN text_totals t
+FROM memories m CROSS JOIN LATERAL unnest(m.words) u CROSS JOIN {TOTALS} t
 WHERE m.status = 'active' AND m.words @@ %(q)s::tsquery AND u.lexeme = ANY(%(lexemes)s)
 """
+
+# What names this database wherever it is reached from: the cluster's id (initdb makes it, a restore
+# from a dump into another cluster has another) and the database's oid (a database dropped and made
+# again has another).
+IDENTITY = (
+    "SELECT (SELECT system_identifier FROM pg_control_system()), oid FROM pg_database "
+    "WHERE datname = current_database()"
+)
 
 COMMON_WORDS = (
     "SELECT word FROM ts_stat('SELECT words FROM memories WHERE status = ''active''') "
     "WHERE ndoc >= %s ORDER BY ndoc DESC, word"
 )
+
+
+def snapshot_file(system: str, oid: int, shown: str) -> Path | None:
+    """Where the recall index of the database (`system` identifier, `oid`, its URL without the
+    password) keeps its snapshot: in the user's cache folder, named by a hash of the three, so that
+    another database's file is never taken for this one's (the index checks it before use anyway,
+    recall/snapshot.py). None when the folder cannot be made."""
+    name = hashlib.sha256(f"{system}\x1f{oid}\x1f{shown}".encode()).hexdigest()[:24]
+    return cache_file(f"postgresql-{name}")
 
 
 def lexeme(token: str) -> str:
@@ -189,6 +252,24 @@ class PostgresBlockingReader:
         except psycopg.Error as exc:
             raise StorageError(f"reading the text index failed: {exc}") from exc
 
+    def common_parts(self, min_memories: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Each word held by at least `min_memories` memories, the commonest first, with the rowids
+        of its memories (ascending) and its parts (as word_parts): one statement for them all, read
+        a word at a time (a server-side cursor), so that a few words' arrays are held at once."""
+        import numpy as np
+        import psycopg
+
+        try:
+            with self._db.transaction(), self._db.cursor("soul_prefill", binary=True) as cursor:
+                cursor.itersize = 16
+                cursor.execute(COMMON_PARTS, (min_memories,))
+                for word, rowids, parts in cursor:
+                    ids = np.array(rowids, dtype=np.int64)
+                    order = np.argsort(ids, kind="stable")
+                    yield word, ids[order], np.array(parts, dtype=np.float64)[order]
+        except psycopg.Error as exc:
+            raise StorageError(f"reading the text index failed: {exc}") from exc
+
     def word_scores(self, word: str) -> list[WordScore]:
         return self._scores(word, with_idf=True)
 
@@ -210,6 +291,15 @@ class PostgresBlockingReader:
         except psycopg.Error as exc:
             raise StorageError(f"reading the text index failed: {exc}") from exc
         return [(int(r), float(s)) for r, s in found]
+
+    def cancel(self) -> None:
+        """Cut short the statement running on this reader (from another thread)."""
+        import psycopg
+
+        try:
+            self._db.cancel_safe(timeout=2.0)
+        except psycopg.Error as exc:
+            log.debug("recall prefill not cancelled: %s", exc)
 
     def close(self) -> None:
         self._db.close()
@@ -257,6 +347,8 @@ def memory_filters(
 class PostgresRecall:
     """The RecallSource half of PostgresStore (mixed into it)."""
 
+    _snapshot_file: Path | None = None  # set by identify()
+
     if TYPE_CHECKING:
         _conninfo: str
         _tokens: Tokens
@@ -271,7 +363,24 @@ class PostgresRecall:
         return lambda: PostgresBlockingReader(conninfo, shown)
 
     def snapshot_path(self) -> Path | None:
-        return None  # the snapshot is a file beside a SQLite database
+        return self._snapshot_file
+
+    async def identify(self) -> None:
+        """Find where this database's recall snapshot goes (snapshot_file): called once as the
+        store opens. No snapshot when the identity cannot be read or the cache folder made."""
+        import psycopg
+
+        try:
+            ((system, oid),) = await self._fetchall(IDENTITY)
+        except StorageError as exc:
+            # Refused (a managed service may withhold pg_control_system) or unknown: no snapshot.
+            # The database away is the caller's error.
+            cause = exc.__cause__
+            if not isinstance(cause, psycopg.Error) or isinstance(cause, psycopg.OperationalError):
+                raise
+            log.info("no recall snapshot for %s: %s", self.shown, exc)
+            return
+        self._snapshot_file = snapshot_file(str(system), int(oid), self.shown)
 
     async def change_seq(self) -> int:
         ((seq,),) = await self._fetchall("SELECT coalesce(max(seq), 0) FROM memory_changes")
@@ -300,19 +409,32 @@ class PostgresRecall:
         return await self._scores(words, with_idf=False)
 
     async def _scores(self, words: Sequence[tuple[str, int]], with_idf: bool) -> list[list[WordScore]]:
-        found: list[list[WordScore]] = []
+        found: list[list[WordScore]] = [[] for _ in words]
+        single: list[tuple[int, list[str], int]] = []
         # Each word as FTS5 reads a MATCH of it: its tokens, several making a phrase.
-        for word, above in words:
+        for i, (word, above) in enumerate(words):
             tokens = self._tokens.keys([word])[0].split()
-            if not tokens:
-                found.append([])
-            elif len(tokens) > 1:
+            if len(tokens) > 1:
                 rows = await self._fetchall(PHRASE_ROWS, word_query(tokens))
-                found.append(phrase_scores(tokens, rows, above, with_idf))
-            else:
-                sql = WORD_SCORES if with_idf else WORD_PARTS
-                rows = await self._fetchall(sql, {**word_query(tokens), "above": above})
-                found.append([(int(r), float(s)) for r, s in rows])
+                found[i] = phrase_scores(tokens, rows, above, with_idf)
+            elif tokens and with_idf:
+                rows = await self._fetchall(WORD_SCORES, {**word_query(tokens), "above": above})
+                found[i] = [(int(r), float(s)) for r, s in rows]
+            elif tokens:
+                single.append((i, tokens, above))
+        if len(single) == 1:
+            i, tokens, above = single[0]
+            rows = await self._fetchall(WORD_PARTS, {**word_query(tokens), "above": above})
+            found[i] = [(int(r), float(s)) for r, s in rows]
+        elif single:
+            # The words a recall misses, in one statement: a round trip each is what they cost.
+            params: list[Any] = []
+            for _, tokens, above in single:
+                query = word_query(tokens)
+                params += [query["lexeme"], query["q"], above]
+            rows = await self._fetchall(words_parts(len(single)), params)
+            for n, rowid, part in rows:
+                found[single[n][0]].append((int(rowid), float(part)))
         return found
 
     async def tagged_rowids(self, tag: str, above: int, upto: int) -> list[int]:

@@ -219,6 +219,52 @@ MIGRATIONS: list[str] = [
         RETURN NEW;
     END $$;
     """,
+    # 4: the OAuth authorization server of `serve --http --oauth`, as SQLite's migration 8.
+    """
+    CREATE TABLE oauth_clients (
+        client_id    text PRIMARY KEY,
+        client_name  text NOT NULL,
+        registration text NOT NULL,
+        created_at   text COLLATE "C" NOT NULL
+    );
+    CREATE TABLE oauth_codes (
+        code_hash             text PRIMARY KEY,
+        client_id             text NOT NULL REFERENCES oauth_clients (client_id) ON DELETE CASCADE,
+        scopes                text NOT NULL,
+        redirect_uri          text NOT NULL,
+        redirect_uri_explicit integer NOT NULL,
+        code_challenge        text NOT NULL,
+        resource              text,
+        expires_at            bigint NOT NULL
+    );
+    CREATE TABLE oauth_grants (
+        id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        client_id    text NOT NULL REFERENCES oauth_clients (client_id) ON DELETE CASCADE,
+        client_name  text NOT NULL,
+        scopes       text NOT NULL,
+        resource     text,
+        created_at   text COLLATE "C" NOT NULL,
+        last_used_at text,
+        revoked_at   text
+    );
+    CREATE TABLE oauth_tokens (
+        token_hash text PRIMARY KEY,
+        grant_id   bigint NOT NULL REFERENCES oauth_grants (id) ON DELETE CASCADE,
+        kind       text NOT NULL CHECK (kind IN ('access', 'refresh')),
+        expires_at bigint NOT NULL,
+        used_at    text
+    );
+    CREATE INDEX oauth_tokens_by_grant ON oauth_tokens (grant_id);
+    CREATE TABLE oauth_owner (
+        id          integer PRIMARY KEY CHECK (id = 1),
+        secret_hash text NOT NULL,
+        set_at      text NOT NULL
+    );
+    """,
+    # 5: who forgot, restored or revised a memory, as SQLite's migration 9.
+    """
+    ALTER TABLE memories ADD COLUMN IF NOT EXISTS status_changed_by text;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -37,8 +37,8 @@ READ: dict[str, str] = {
     "tokens": "SELECT rowid, name, token_hash, scopes, created_at, last_used_at, revoked_at FROM tokens "
     "ORDER BY rowid",
     "memories": "SELECT rowid, id, content, content_key, kind, tags, importance, occurred_at, created_at, "
-    "author, session_id, status, status_reason, status_changed_at, supersedes, superseded_by "
-    "FROM memories ORDER BY rowid",
+    "author, session_id, status, status_reason, status_changed_at, supersedes, superseded_by, "
+    "status_changed_by FROM memories ORDER BY rowid",
     "memory_embeddings": "SELECT id, memory_rowid, model, dims, text_hash, vector FROM memory_embeddings "
     "ORDER BY id",
 }
@@ -51,8 +51,8 @@ WRITE: dict[str, str] = {
     "OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s, %s)",
     "memories": "INSERT INTO memories (rowid, id, content, content_key, kind, tags, importance, occurred_at, "
     "created_at, author, session_id, status, status_reason, status_changed_at, supersedes, superseded_by, "
-    "words, freqs, tokens) OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-    "%s, %s, %s, %s, %s::tsvector, %s::jsonb, %s)",
+    "status_changed_by, words, freqs, tokens) OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s, %s, "
+    "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::tsvector, %s::jsonb, %s)",
     "memory_embeddings": "INSERT INTO memory_embeddings (id, memory_rowid, model, dims, text_hash, vector) "
     "OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s)",
 }

@@ -328,6 +328,54 @@ MIGRATIONS: list[str] = [
         INSERT INTO memory_changes (memory_rowid) VALUES (old.rowid);
     END;
     """,
+    # 8: the OAuth authorization server of `serve --http --oauth` (storage/oauth_rows.py): the
+    # clients that registered, the codes and grants the owner approved, their tokens (SHA-256
+    # hashes only) and the owner's passphrase (a scrypt hash). Times to expire are unix seconds.
+    """
+    CREATE TABLE oauth_clients (
+        client_id    TEXT PRIMARY KEY,
+        client_name  TEXT NOT NULL,
+        registration TEXT NOT NULL,
+        created_at   TEXT NOT NULL
+    );
+    CREATE TABLE oauth_codes (
+        code_hash             TEXT PRIMARY KEY,
+        client_id             TEXT NOT NULL REFERENCES oauth_clients (client_id) ON DELETE CASCADE,
+        scopes                TEXT NOT NULL,
+        redirect_uri          TEXT NOT NULL,
+        redirect_uri_explicit INTEGER NOT NULL,
+        code_challenge        TEXT NOT NULL,
+        resource              TEXT,
+        expires_at            INTEGER NOT NULL
+    );
+    CREATE TABLE oauth_grants (
+        id           INTEGER PRIMARY KEY,
+        client_id    TEXT NOT NULL REFERENCES oauth_clients (client_id) ON DELETE CASCADE,
+        client_name  TEXT NOT NULL,
+        scopes       TEXT NOT NULL,
+        resource     TEXT,
+        created_at   TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at   TEXT
+    );
+    CREATE TABLE oauth_tokens (
+        token_hash TEXT PRIMARY KEY,
+        grant_id   INTEGER NOT NULL REFERENCES oauth_grants (id) ON DELETE CASCADE,
+        kind       TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+        expires_at INTEGER NOT NULL,
+        used_at    TEXT
+    );
+    CREATE INDEX oauth_tokens_by_grant ON oauth_tokens (grant_id);
+    CREATE TABLE oauth_owner (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        secret_hash TEXT NOT NULL,
+        set_at      TEXT NOT NULL
+    );
+    """,
+    # 9: who forgot, restored or revised a memory (the owner's web page shows it as activity).
+    """
+    ALTER TABLE memories ADD COLUMN status_changed_by TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -39,6 +39,7 @@ from soul_mcp.models import (
     StoreDiagnosis,
     TokenInfo,
 )
+from soul_mcp.storage.oauth_rows import OAuthRows
 from soul_mcp.storage.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -81,7 +82,7 @@ def about_text(kind: str, occurred_at: str) -> str:
 
 
 def _version(row: tuple[Any, ...]) -> DocumentVersion:
-    document, version, content, author, reason, created_at, restored_from = row
+    document, version, content, author, reason, created_at, restored_from, session_id = row
     return DocumentVersion(
         document=document,
         version=version,
@@ -90,10 +91,11 @@ def _version(row: tuple[Any, ...]) -> DocumentVersion:
         reason=reason,
         created_at=created_at,
         restored_from=restored_from,
+        session_id=session_id,
     )
 
 
-VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from"
+VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from, session_id"
 TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
 
 
@@ -108,7 +110,7 @@ def _token(row: tuple[Any, ...]) -> TokenInfo:
     )
 
 
-class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
+class SQLiteStore(SQLiteRecall, SQLiteEmbeddings, OAuthRows):
     """A `Store` over one SQLite file. Open with `await SQLiteStore.open(path)`."""
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
@@ -242,6 +244,7 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
             reason=reason,
             created_at=created_at,
             restored_from=restored_from,
+            session_id=session_id,
         )
 
     async def get_version(self, document: str, version: int | None = None) -> DocumentVersion | None:
@@ -330,7 +333,13 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
         return memory_from_row(row)
 
     async def set_memory_status(
-        self, memory_id: str, status: str, reason: str | None, changed_at: str, expect: tuple[str, ...]
+        self,
+        memory_id: str,
+        status: str,
+        reason: str | None,
+        changed_at: str,
+        expect: tuple[str, ...],
+        by: str | None = None,
     ) -> Memory:
         async with self._transaction() as db:
             memory = await self._require(db, memory_id)
@@ -352,8 +361,9 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
                         f"memory {memory_id} cannot be restored: {twin[0]} holds the same content and is active"
                     )
             await db.execute(
-                "UPDATE memories SET status = ?, status_reason = ?, status_changed_at = ? WHERE id_key = ?",
-                (status, reason, changed_at, memory_id_key(memory_id)),
+                "UPDATE memories SET status = ?, status_reason = ?, status_changed_at = ?, status_changed_by = ? "
+                "WHERE id_key = ?",
+                (status, reason, changed_at, by, memory_id_key(memory_id)),
             )
             return await self._require(db, memory_id)
 
@@ -369,9 +379,9 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings):
                 )
             # Leave recall first, so the revision may keep the same normalised content.
             await db.execute(
-                "UPDATE memories SET status = 'superseded', status_reason = ?, status_changed_at = ? "
-                "WHERE id_key = ?",
-                (reason, created_at, memory_id_key(memory_id)),
+                "UPDATE memories SET status = 'superseded', status_reason = ?, status_changed_at = ?, "
+                "status_changed_by = ? WHERE id_key = ?",
+                (reason, created_at, new.author, memory_id_key(memory_id)),
             )
             twin = await self._active_duplicate(db, new.content_key)
             if twin is not None:

@@ -15,7 +15,7 @@ from soul_mcp.storage.schema import kind_code, memory_id_key
 
 MEMORY_COLUMNS = (
     "m.id, m.content, m.kind, m.tags, m.importance, m.occurred_at, m.created_at, m.author, m.status, "
-    "m.status_reason, m.status_changed_at, m.supersedes, m.superseded_by"
+    "m.status_reason, m.status_changed_at, m.supersedes, m.superseded_by, m.status_changed_by"
 )
 
 
@@ -37,7 +37,7 @@ def stored_seconds(moment: str) -> int | str:
 
 def memory_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Memory:
     (id_, content, kind, tags, importance, occurred_at, created_at, author, status,
-     status_reason, status_changed_at, supersedes, superseded_by) = tuple(row)[:13]  # fmt: skip
+     status_reason, status_changed_at, supersedes, superseded_by, status_changed_by) = tuple(row)[:14]  # fmt: skip
     return Memory(
         id=id_,
         content=content,
@@ -52,6 +52,7 @@ def memory_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Memory:
         status_changed_at=status_changed_at,
         supersedes=supersedes,
         superseded_by=superseded_by,
+        status_changed_by=status_changed_by,
     )
 
 

@@ -28,8 +28,8 @@ READ: dict[str, str] = {
     "tokens": "SELECT rowid, name, token_hash, scopes, created_at, last_used_at, revoked_at FROM tokens "
     "ORDER BY rowid",
     "memories": "SELECT rowid, id, content, content_key, kind, tags, importance, occurred_at, created_at, "
-    "author, session_id, status, status_reason, status_changed_at, supersedes, superseded_by "
-    "FROM memories ORDER BY rowid",
+    "author, session_id, status, status_reason, status_changed_at, supersedes, superseded_by, "
+    "status_changed_by FROM memories ORDER BY rowid",
     "memory_embeddings": "SELECT id, memory_rowid, model, dims, text_hash, vector FROM memory_embeddings "
     "ORDER BY id",
 }
@@ -43,7 +43,7 @@ WRITE: dict[str, str] = {
     # id, kind, occurred_at, created_at and about are generated from these (schema migration 7).
     "memories": "INSERT INTO memories (rowid, id_key, content, content_key, kind_code, tags, importance, "
     "occurred_unix, created_unix, author, session_id, status, status_reason, status_changed_at, "
-    "supersedes, superseded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "supersedes, superseded_by, status_changed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "memory_embeddings": "INSERT INTO memory_embeddings (id, memory_rowid, model, dims, text_hash, vector) "
     "VALUES (?, ?, ?, ?, ?, ?)",
 }
@@ -62,12 +62,12 @@ COUNTED = ("document_versions", "sessions", "tokens", "memories", "memory_embedd
 
 def _stored_memory(row: Row) -> Row:
     (rowid, memory_id, content, content_key, kind, tags, importance, occurred_at, created_at, author,
-     session_id, status, status_reason, status_changed_at, supersedes, superseded_by) = row  # fmt: skip
+     session_id, status, status_reason, status_changed_at, supersedes, superseded_by, status_changed_by) = row  # fmt: skip
     # created_unix is NULL when the memory was stored when it happened (as the store writes it).
     created = None if created_at == occurred_at else stored_seconds(created_at)
     return (rowid, memory_id_key(memory_id), content, bytes(content_key), kind_code(kind), tags, importance,
             stored_seconds(occurred_at), created, author, session_id, status, status_reason,
-            status_changed_at, supersedes, superseded_by)  # fmt: skip
+            status_changed_at, supersedes, superseded_by, status_changed_by)  # fmt: skip
 
 
 class _Reading:
