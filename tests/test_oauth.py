@@ -697,3 +697,30 @@ async def test_the_oauth_flow_on_postgresql(postgres_url: str, tmp_path: Path) -
         assert await mcp_status(server, renewed.json()["access_token"]) == 401
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_registrations_nobody_approved_are_dropped_after_a_day(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Registration is open to anyone; what it leaves behind does not pile up."""
+    from soul_mcp.opening import open_store
+    from soul_mcp.storage.oauth_rows import IssuedTokens, OAuthCode
+
+    db = str(tmp_path / "soul.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    store: Any = await open_store(Settings.load(db))
+    try:
+        old, recent = "2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z"
+        await store.save_oauth_client("spam", "spam", "{}", old)
+        await store.save_oauth_client("approved", "approved", "{}", old)
+        await store.save_oauth_client("waiting", "waiting", "{}", recent)
+        code = OAuthCode("approved", ("read",), "http://127.0.0.1/cb", True, "challenge", None, 2**40)
+        await store.add_oauth_code("code-hash", code)
+        issued = IssuedTokens(0, "access-hash", 2**40, "refresh-hash", 2**40)
+        assert await store.redeem_oauth_code("code-hash", "approved", ("read",), issued, recent) is not None
+
+        assert await store.unapproved_oauth_clients("2026-01-02T00:00:00Z") == 1  # "waiting"
+        assert await store.oauth_client("spam") is None
+        assert await store.oauth_client("approved") == "{}" and await store.oauth_client("waiting") == "{}"
+    finally:
+        await store.close()

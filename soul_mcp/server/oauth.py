@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -38,7 +39,7 @@ from pydantic import AnyUrl, ValidationError
 from starlette.authentication import AuthenticationError
 
 from soul_mcp.core import tokens
-from soul_mcp.core.dates import now_stored
+from soul_mcp.core.dates import now_stored, now_utc, to_stored
 from soul_mcp.core.text import clean_name
 from soul_mcp.errors import SoulError, StorageError
 from soul_mcp.models import SCOPES
@@ -64,6 +65,9 @@ REFRESH_SECONDS = 30 * 86400
 CODE_SECONDS = 300
 PENDING_SECONDS = 600
 MAX_PENDING = 100
+# Registration is open to anyone: registrations the owner has not approved are dropped after a day,
+# and past this many a new one waits.
+UNAPPROVED_CLIENTS_MAX = 1000
 TOUCH_SECONDS = 60.0
 # The claim that carries a grant's author name through the SDK's AccessToken to server/access.py.
 AUTHOR_CLAIM = OAUTH_AUTHOR_CLAIM
@@ -184,6 +188,16 @@ class SoulAuthProvider:
         if name == "unknown":
             name = f"client {client_info.client_id[:8]}"
         store = await self.store()
+        a_day_ago = to_stored(now_utc() - timedelta(days=1))
+        if await store.unapproved_oauth_clients(a_day_ago) >= UNAPPROVED_CLIENTS_MAX:
+            log.warning(
+                "refused an OAuth registration: %d registrations wait for approval", UNAPPROVED_CLIENTS_MAX
+            )
+            raise RegistrationError(
+                "invalid_client_metadata",
+                f"{UNAPPROVED_CLIENTS_MAX} registrations made in the last day wait for the owner's "
+                "approval; try again later",
+            )
         await store.save_oauth_client(
             client_info.client_id, name, client_info.model_dump_json(), now_stored()
         )

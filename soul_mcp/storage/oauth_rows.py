@@ -80,6 +80,8 @@ class OAuthStore(Protocol):
         self, client_id: str, client_name: str, registration: str, created_at: str
     ) -> None: ...
 
+    async def unapproved_oauth_clients(self, registered_before: str) -> int: ...
+
     async def oauth_client(self, client_id: str) -> str | None:
         """The client's registration (JSON), or None."""
         ...
@@ -171,6 +173,16 @@ class OAuthRows:
               "registration = excluded.registration",
               (client_id, client_name, registration, created_at))]
         )  # fmt: skip
+
+    async def unapproved_oauth_clients(self, registered_before: str) -> int:
+        """Drops the registrations made before `registered_before` that the owner never approved
+        (registration is open to anyone), and counts the ones left."""
+        unapproved = "NOT EXISTS (SELECT 1 FROM oauth_grants g WHERE g.client_id = oauth_clients.client_id)"
+        await self._write(
+            [(f"DELETE FROM oauth_clients WHERE created_at < ? AND {unapproved}", (registered_before,))]
+        )
+        rows = await self._fetch(f"SELECT count(*) FROM oauth_clients WHERE {unapproved}", ())
+        return int(rows[0][0])
 
     async def oauth_client(self, client_id: str) -> str | None:
         rows = await self._fetch("SELECT registration FROM oauth_clients WHERE client_id = ?", (client_id,))
