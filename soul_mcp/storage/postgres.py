@@ -82,6 +82,29 @@ DEAD_LINK = {"tcp_user_timeout": 5000, "keepalives": 1, "keepalives_idle": 5, "k
 CHECK_LOOK_AFTER_S = 2.0
 VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from, session_id"
 TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
+# A remember in one statement: the active twin if there is one, else the new memory and its tags.
+# The twin is looked up first because an INSERT that conflicts still takes a rowid, and a gap would
+# part neighbours (recall's lending and the embedded windows pair rowid - 1 with rowid).
+_NO_MEMORY = ", ".join(["NULL"] * len(MEMORY_COLUMNS.split(",")))
+STORE_MEMORY = f"""
+WITH twin AS (
+    SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.content_key = %(key)s AND m.status = 'active'
+), stored AS (
+    INSERT INTO memories (id, content, content_key, kind, tags, importance, occurred_at, created_at,
+                          author, session_id, supersedes, words, freqs, tokens)
+    SELECT %(id)s, %(content)s, %(key)s, %(kind)s, %(tags)s, %(importance)s, %(occurred_at)s,
+           %(created_at)s, %(author)s, %(session_id)s, %(supersedes)s, %(words)s::tsvector,
+           %(freqs)s::jsonb, %(tokens)s
+    WHERE NOT EXISTS (SELECT 1 FROM twin)
+    ON CONFLICT (content_key) WHERE status = 'active' DO NOTHING
+    RETURNING rowid
+), tagged AS (
+    INSERT INTO memory_tags (tag, memory_rowid) SELECT DISTINCT unnest(%(tag_list)s::text[]), rowid FROM stored
+)
+SELECT NULL::bigint, twin.* FROM twin
+UNION ALL
+SELECT rowid, {_NO_MEMORY} FROM stored
+"""
 
 
 def is_postgres_url(value: str) -> bool:
@@ -364,31 +387,29 @@ class PostgresStore(PostgresRecall, PostgresOAuthRows):
 
     # Memories ----------------------------------------------------------------------------------
 
-    async def _insert_memory(
+    async def _store_memory(
         self, db: psycopg.AsyncConnection[Any], new: NewMemory, created_at: str, supersedes: str | None = None
-    ) -> Memory | None:
-        """Insert `new` unless an active memory has its content (then None)."""
+    ) -> tuple[Memory, bool] | None:
+        """Insert `new` with its tags unless an active memory holds its content, in one statement
+        (one round trip: a remember waits for nothing else). Returns the memory and whether it is
+        new; None when a concurrent insert of the same content took it first (look again)."""
         memory_id = new_memory_id()
         tags = json.dumps(new.tags, ensure_ascii=False)
         words, freqs, count = text_vector(
             self._text_tokens(), new.content, tags, about_words(new.kind, new.occurred_at)
         )
-        cursor = await db.execute(
-            "INSERT INTO memories (id, content, content_key, kind, tags, importance, occurred_at, "
-            "created_at, author, session_id, supersedes, words, freqs, tokens) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::tsvector, %s::jsonb, %s) "
-            "ON CONFLICT (content_key) WHERE status = 'active' DO NOTHING RETURNING rowid",
-            (memory_id, new.content, content_digest(new.content_key), new.kind, tags, new.importance,
-             new.occurred_at, created_at, new.author, new.session_id, supersedes, words, freqs, count),
-        )  # fmt: skip
+        cursor = await db.execute(STORE_MEMORY, {
+            "id": memory_id, "content": new.content, "key": content_digest(new.content_key), "kind": new.kind,
+            "tags": tags, "tag_list": new.tags, "importance": new.importance, "occurred_at": new.occurred_at,
+            "created_at": created_at, "author": new.author, "session_id": new.session_id,
+            "supersedes": supersedes, "words": words, "freqs": freqs, "tokens": count,
+        })  # fmt: skip
         row = await cursor.fetchone()
         if row is None:
             return None
-        await db.execute(
-            "INSERT INTO memory_tags (tag, memory_rowid) SELECT DISTINCT unnest(%s::text[]), %s",
-            (new.tags, row[0]),
-        )
-        return Memory(
+        if row[0] is None:  # the active twin
+            return memory_from_row(row[1:]), False
+        stored = Memory(
             id=memory_id,
             content=new.content,
             kind=new.kind,
@@ -399,28 +420,23 @@ class PostgresStore(PostgresRecall, PostgresOAuthRows):
             author=new.author,
             supersedes=supersedes,
         )
-
-    async def _active_duplicate(self, db: psycopg.AsyncConnection[Any], content_key: str) -> Memory | None:
-        cursor = await db.execute(
-            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE content_key = %s AND status = 'active'",
-            (content_digest(content_key),),
-        )
-        row = await cursor.fetchone()
-        return memory_from_row(row) if row else None
+        return stored, True
 
     async def add_memory(self, new: NewMemory, created_at: str) -> tuple[Memory, bool]:
-        async with self._transaction() as db:
-            # Looked up first: an INSERT that conflicts still takes a rowid, and a gap would part
-            # neighbours (recall's lending and the embedded windows pair rowid - 1 with rowid).
-            # ON CONFLICT covers a concurrent insert of the same content: it waits for that one to
-            # commit, and the twin may then have left recall already: so look again (rarely twice).
-            for _ in range(5):
-                existing = await self._active_duplicate(db, new.content_key)
-                if existing is not None:
-                    return existing, False
-                stored = await self._insert_memory(db, new, created_at)
-                if stored is not None:
-                    return stored, True
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        # One statement, atomic on its own (the pool's connections autocommit). ON CONFLICT covers
+        # a concurrent insert of the same content: it waits for that one to commit, and the twin may
+        # have left recall by then: so look again (rarely twice).
+        try:
+            async with self._connection() as db:
+                for _ in range(5):
+                    stored = await self._store_memory(db, new, created_at)
+                    if stored is not None:
+                        return stored
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._error(exc) from exc
         raise StorageError("storing the memory kept conflicting with concurrent changes; try again")
 
     async def get_memory(self, memory_id: str) -> Memory | None:
@@ -494,13 +510,13 @@ class PostgresStore(PostgresRecall, PostgresOAuthRows):
                 "status_changed_by = %s WHERE id = %s",
                 (reason, created_at, new.author, memory_id),
             )
-            revised = await self._insert_memory(db, new, created_at, supersedes=memory_id)
-            if revised is None:
-                twin = await self._active_duplicate(db, new.content_key)
+            stored = await self._store_memory(db, new, created_at, supersedes=memory_id)
+            if stored is None or not stored[1]:
+                twin = stored[0].id if stored else "?"
                 raise InvalidInput(
-                    f"the revised content is already stored as memory {twin.id if twin else '?'}; "
-                    f"forget {memory_id} instead"
+                    f"the revised content is already stored as memory {twin}; forget {memory_id} instead"
                 )
+            revised = stored[0]
             await db.execute("UPDATE memories SET superseded_by = %s WHERE id = %s", (revised.id, memory_id))
             return await self._require(db, memory_id, lock=False), revised
 
