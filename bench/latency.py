@@ -424,7 +424,8 @@ async def fill_postgres(url: str, count: int, corpus: Corpus) -> dict[str, Any]:
             batch = [next(memories) for _ in range(min(FILL_BATCH, count - done))]
             async with store._transaction() as db:
                 for new, created_at in batch:
-                    stored += await store._insert_memory(db, new, created_at) is not None
+                    kept = await store._store_memory(db, new, created_at)
+                    stored += kept is not None and kept[1]
             done += len(batch)
     finally:
         await store.close()

@@ -56,3 +56,16 @@ def test_fresh_mode_reports_each_era_from_fresh_servers(tmp_path: Path) -> None:
     assert short["early"]["n"] == 50 and short["late"]["n"] == 50
     # The copy it measured on is gone; the measured database and its snapshot stay.
     assert not list(tmp_path.glob("*-short.db*"))
+
+
+def test_the_postgres_fill_stores_through_the_stores_own_insert(postgres_url: str) -> None:
+    """The benchmark fills PostgreSQL with PostgresStore's own statement (a renamed or changed one
+    must not leave the benchmark broken); a second fill of the same memories adds none."""
+    import psycopg
+
+    corpus = bench.NaturalCorpus(7)
+    first = anyio.run(bench.fill_postgres, postgres_url, 40, corpus)
+    again = anyio.run(bench.fill_postgres, postgres_url, 40, bench.NaturalCorpus(7))
+    with psycopg.connect(postgres_url) as db:
+        (count,) = db.execute("SELECT count(*) FROM memories").fetchone() or (0,)
+    assert (first["memories"], again["memories"], count) == (40, 0, 40)  # "memories": the ones stored
