@@ -295,6 +295,7 @@ def test_diff_marks_lines_added_and_removed(ui: tuple[UiProcess, Browser, dict[s
     diff = page[page.index('<div id="diff"') :]
     assert "<del>I am patient.</del>" in diff and "<ins>I am curious.</ins>" in diff
     assert "<span>I keep notes.</span>" in diff
+    assert '<span class="hunk">lines 1-3 → lines 1-3</span>' in diff  # where the change is, in words
     bad = browser.get("/ui/documents/soul/diff?a=1&b=x")
     assert bad.status_code == 400 and "b must be a version number" in problem(bad.text)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -101,7 +102,7 @@ def diff_lines(unified: str) -> list[tuple[str, str]]:
         if line.startswith(("--- ", "+++ ")):
             continue
         if line.startswith("@@"):
-            lines.append(("hunk", line))
+            lines.append(("hunk", hunk_title(line)))
         elif line.startswith("+"):
             lines.append(("ins", line[1:]))
         elif line.startswith("-"):
@@ -109,6 +110,24 @@ def diff_lines(unified: str) -> list[tuple[str, str]]:
         else:
             lines.append(("same", line[1:]))
     return lines
+
+
+HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def hunk_title(line: str) -> str:
+    """'@@ -1,4 +1,6 @@' as a person reads it: 'lines 1-4 → lines 1-6'."""
+    found = HUNK.match(line)
+    if found is None:
+        return line
+    a, a_count, b, b_count = found.groups()
+
+    def span(start: str, count: str | None) -> str:
+        n = 1 if count is None else int(count)
+        first = int(start)
+        return "nothing" if n == 0 else f"line {first}" if n == 1 else f"lines {first}-{first + n - 1}"
+
+    return f"{span(a, a_count)} → {span(b, b_count)}"
 
 
 async def restore(request: Request) -> Response:
