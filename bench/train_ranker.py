@@ -2,6 +2,7 @@
 
     python bench/train_ranker.py ../shared/eval/locomo-dev.json \\
         [--pools /tmp/pools-bm25.pickle] [--semantic-pools /tmp/pools-hybrid.pickle] [--out FILE]
+    python bench/train_ranker.py --time      # what re-scoring one recall's pool costs, in process
 
 Stores the development conversations and asks their questions through soul-mcp, as bench/locomo.py
 does (both with BM25 alone and hybrid: the `semantic` extra is needed), takes each question's
@@ -119,19 +120,87 @@ def fit_model(conversations: Sequence[Conversation], hybrid: bool) -> Model:
     return fit(questions(conversations), pairs_for(hybrid))
 
 
+def scoring_time(
+    candidates: int = 800, words: int = 28, memories: int = 100_000, runs: int = 300
+) -> dict[str, float]:
+    """Microseconds (median, p95) to compute the features of a pool of `candidates` and score them
+    with the shipped hybrid model, the work the ranker adds to a recall: a pool as large as hybrid
+    recall makes (500 BM25 matches, 100 similar memories, the neighbours of 100 lenders), `words`
+    query words (the latency bench's p95) whose postings hold up to a third of `memories`, a "when"
+    question naming a person and a month (every feature computed). Synthetic data: only the sizes
+    matter to the cost."""
+    import time
+
+    from soul_mcp.recall.bm25 import Postings
+    from soul_mcp.recall.query_facts import QueryFacts
+    from soul_mcp.recall.ranker import TIME_WORDS, Pool, features, read_models, scores
+
+    rng = np.random.default_rng(7)
+    rowids = np.sort(rng.choice(np.arange(1, memories + 1), candidates, replace=False)).astype(np.int64)
+
+    def postings(size: int) -> Postings:
+        held = np.sort(rng.choice(np.arange(1, memories + 1), size, replace=False)).astype(np.int64)
+        return Postings(held, np.ones(size), memories, memories, size)
+
+    sizes = np.geomspace(10, memories // 3, words).astype(int)
+    query_words = [postings(int(size)) for size in sizes]
+    time_words = [postings(memories // 50) for _ in TIME_WORDS]
+    fused = rng.random(candidates)
+    similarity = rng.random(candidates)
+    pool = Pool(
+        rowids=rowids,
+        fused=fused,
+        own=fused * 0.8,
+        lender=np.zeros(candidates, dtype=np.int64),
+        candidate=rng.random(candidates) < 0.8,
+        bm25=rng.random(candidates),
+        bm25_rank=np.where(rng.random(candidates) < 0.8, rng.permutation(candidates), -1),
+        dense=similarity,
+        similarity=similarity,
+    )
+    when = 20230101000000 + rng.integers(0, 365, candidates) * 1_000_000
+    context = rng.integers(0, candidates // 10, candidates)
+    facts = QueryFacts(names=("caroline",), periods=((20230501000000, 20230601000000),), form="when")
+    idfs = list(rng.random(words) * 5)
+    model = read_models(RANKER_FILE)["hybrid"]
+    featuring, scoring = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        rows = features(pool, query_words, idfs, [3], [], when, context, facts, time_words)
+        featured = time.perf_counter()
+        scores(rows, model)
+        featuring.append((featured - started) * 1e6)
+        scoring.append((time.perf_counter() - featured) * 1e6)
+    out = {}
+    for name, taken in (("features", sorted(featuring)), ("scores", sorted(scoring))):
+        out[f"{name}_median_us"] = round(taken[len(taken) // 2], 1)
+        out[f"{name}_p95_us"] = round(taken[int(len(taken) * 0.95)], 1)
+    return out
+
+
 def main() -> None:
     from locomo import load_corrections, pools
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("path", type=Path, help="the development split (../shared/eval/locomo-dev.json)")
+    parser.add_argument(
+        "path", type=Path, nargs="?", help="the development split (../shared/eval/locomo-dev.json)"
+    )
     parser.add_argument("--pools", type=Path, help="BM25 candidates kept by locomo.py --pools")
     parser.add_argument(
         "--semantic-pools", type=Path, help="hybrid candidates kept by locomo.py --semantic --pools"
     )
     parser.add_argument("--out", type=Path, default=RANKER_FILE)
+    parser.add_argument("--time", action="store_true", help="time re-scoring one pool (scoring_time)")
     args = parser.parse_args()
+    if args.time:
+        for candidates, words in ((800, 28), (600, 20)):
+            taken = scoring_time(candidates, words)
+            print(f"{candidates} candidates, {words} query words, 100k memories: {taken}")
+        return
+    if args.path is None:
+        parser.error("the development split is needed (../shared/eval/locomo-dev.json)")
     if "dev" not in args.path.name:
         parser.error("the ranker is fitted on the development split only (locomo-dev.json)")
     corrections = load_corrections(None)

@@ -17,8 +17,9 @@ import pytest
 from mcp import Client
 
 from soul_mcp.recall import Recall
+from soul_mcp.recall.filters import among
 from soul_mcp.recall.query_facts import query_facts
-from soul_mcp.recall.ranker import FEATURES, RANKER_FILE, read_models
+from soul_mcp.recall.ranker import FEATURES, RANKER_FILE, Model, _holding, design, read_models, scores
 
 pytestmark = pytest.mark.anyio
 
@@ -133,6 +134,47 @@ def test_a_damaged_model_file_is_refused(damage: Any, tmp_path: Path) -> None:
     damaged.write_text(damage(json.loads(RANKER_FILE.read_text())))
     with pytest.raises(ValueError):
         read_models(damaged)
+
+
+# --- the model's arithmetic ---
+
+
+def test_a_model_scores_its_features_and_their_pairs_as_computed_by_hand() -> None:
+    import numpy as np
+
+    weights = [0.0] * len(FEATURES)
+    weights[0], weights[2] = 2.0, -1.0
+    # (0, 1): x0*x1 weighed 3; (1, 1): x1² weighed 0.5; (1, 0) again, weighed -1.
+    model = Model(tuple(weights), ((0, 1), (1, 1), (1, 0)), (3.0, 0.5, -1.0), bias=0.25)
+    rows = np.zeros((2, len(FEATURES)))
+    rows[0, :3] = [1.0, 2.0, 4.0]
+    rows[1, :3] = [0.5, -1.0, 0.0]
+    # 2*1 - 4 + 3*2 + 0.5*4 - 2 + 0.25 = 4.25; 2*0.5 - 0 + 3*-0.5 + 0.5*1 + 0.5 + 0.25 = 0.75
+    assert scores(rows, model).tolist() == pytest.approx([4.25, 0.75])
+    by_design = design(rows, model.pairs) @ np.asarray(model.weights + model.pair_weights) + model.bias
+    assert scores(rows, model).tolist() == pytest.approx(by_design.tolist())
+
+
+def test_the_shipped_models_score_as_their_design_rows_do() -> None:
+    import numpy as np
+
+    rows = np.random.default_rng(5).random((300, len(FEATURES)))
+    for model in read_models(RANKER_FILE).values():
+        expected = design(rows, model.pairs) @ np.asarray(model.weights + model.pair_weights) + model.bias
+        assert np.allclose(scores(rows, model), expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("postings", [3, 40, 400, 4000])
+def test_which_candidates_hold_a_word_whichever_side_is_longer(postings: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(postings)
+    rowids = np.sort(rng.choice(np.arange(1, 5000), 200, replace=False))
+    word = np.sort(rng.choice(np.arange(1, 5000), postings, replace=False))
+    held = _holding(rowids, word)
+    assert held.tolist() == among(rowids, word).tolist()
+    assert held.tolist() == np.isin(rowids, word).tolist()
+    assert not _holding(rowids, word[:0]).any() and len(_holding(rowids[:0], word)) == 0
 
 
 # --- ranking through the recall tool ---

@@ -12,6 +12,7 @@ fusion, which is also the first feature), so a damaged file never stops recall.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -127,6 +128,21 @@ def _rank_of(values: np.ndarray) -> np.ndarray:
     return place
 
 
+def _holding(rowids: np.ndarray, postings: np.ndarray) -> np.ndarray:
+    """Which of the ascending `rowids` are in the ascending `postings`: the shorter one is looked
+    up in the longer (a common word's postings hold a third of the memories, a rare one's a few)."""
+    import numpy as np
+
+    if len(postings) >= len(rowids):
+        at = np.minimum(np.searchsorted(postings, rowids), len(postings) - 1)
+        return postings[at] == rowids
+    out = np.zeros(len(rowids), dtype=bool)
+    if len(rowids):
+        at = np.minimum(np.searchsorted(rowids, postings), len(rowids) - 1)
+        out[at[rowids[at] == postings]] = True
+    return out
+
+
 def features(
     pool: Pool,
     words: list[Postings],
@@ -143,8 +159,6 @@ def features(
     memories' dates (filters.moments) and context numbers; `time_words` the postings of TIME_WORDS
     when the query asks "when"."""
     import numpy as np
-
-    from soul_mcp.recall.filters import among
 
     n = len(pool.rowids)
     out = np.zeros((n, len(FEATURES)))
@@ -195,7 +209,7 @@ def features(
     held = np.zeros((len(words), n), dtype=bool)
     for i, word in enumerate(words):
         if len(word.rowids):
-            held[i] = among(pool.rowids, np.asarray(word.rowids))
+            held[i] = _holding(pool.rowids, np.asarray(word.rowids))
     if len(words):
         weight = np.asarray(idfs, dtype=np.float64)
         coverage = (weight @ held) / (weight.sum() or 1.0)
@@ -217,7 +231,7 @@ def features(
         out[:, column["recency"]] = 1.0 - _rank_of(when.astype(np.float64)) / (n - 1)
     for word in time_words:
         if len(word.rowids):
-            dated = among(pool.rowids, np.asarray(word.rowids))
+            dated = _holding(pool.rowids, np.asarray(word.rowids))
             out[:, column["when_dated"]] = np.maximum(out[:, column["when_dated"]], dated)
     for phrase in quoted_words:
         if phrase:
@@ -226,10 +240,31 @@ def features(
 
 
 def scores(rows: np.ndarray, model: Model) -> np.ndarray:
-    """The model's score of each row (a logit: only its order and differences mean anything)."""
+    """The model's score of each row (a logit: only its order and differences mean anything): the
+    same as design(rows, model.pairs) @ weights, with the pairs' part as a quadratic form over the
+    paired columns, which does not build a column per pair (bench/README.md has the times)."""
     import numpy as np
 
-    return design(rows, model.pairs) @ np.asarray(model.weights + model.pair_weights) + model.bias
+    paired, square = _quadratic(model)
+    linear = rows @ np.asarray(model.weights) + model.bias
+    if not len(paired):
+        return linear
+    part = rows[:, paired]
+    return linear + np.einsum("ij,ij->i", part @ square, part)
+
+
+@functools.lru_cache(maxsize=8)
+def _quadratic(model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """The columns a model's pairs use, and the matrix W of their weights: the pairs' part of a
+    row's score is x W xᵀ over those columns."""
+    import numpy as np
+
+    paired = np.array(sorted({i for pair in model.pairs for i in pair}), dtype=np.int64)
+    at = {column: n for n, column in enumerate(paired.tolist())}
+    square = np.zeros((len(paired), len(paired)))
+    for (a, b), weight in zip(model.pairs, model.pair_weights, strict=True):
+        square[at[a], at[b]] += weight
+    return paired, square
 
 
 def order(rowids: np.ndarray, score: np.ndarray) -> np.ndarray:
