@@ -263,7 +263,11 @@ async def test_the_pages_proxy_in_front_of_two_servers(team: Team) -> None:
     """One setup per proxy (two servers and a proxy take seconds to start), three stories in turn."""
     await remembered_and_recalled_in_both_eras(team)
     await live_updates_stream_through_from_a_write_through_either_server(team)
-    await a_killed_server_leaves_its_agents_to_the_other(team)  # last: it kills one
+    # Debian 12's Caddy 2.6.2 kept sending a new session's requests to the killed server for the
+    # whole of fail_duration in about one run in three (a 502 after lb_try_duration each time), so
+    # its failover is not claimed by docs/team.md and not tested; nginx's is.
+    if team.proxy.kind == "nginx":
+        await a_killed_server_leaves_its_agents_to_the_other(team)  # last: it kills one
 
 
 async def remembered_and_recalled_in_both_eras(team: Team) -> None:
