@@ -54,6 +54,7 @@ from soul_mcp.storage.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_
 from soul_mcp.storage.schema import content_digest
 from soul_mcp.storage.sqlite import about_text, new_memory_id
 from soul_mcp.storage.sqlite_embeddings import WINDOW_COLUMNS, embedding_jobs, text_hash, windows_of
+from soul_mcp.storage.sqlite_rows import VERSION_COLUMNS, version_from_row
 
 if TYPE_CHECKING:
     import psycopg
@@ -80,7 +81,6 @@ DEAD_LINK = {"tcp_user_timeout": 5000, "keepalives": 1, "keepalives_idle": 5, "k
 # none: postgres_link.py notices that. The pool's check, an empty query, is looked at sooner: one
 # that fails only costs a new connection.
 CHECK_LOOK_AFTER_S = 2.0
-VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from, session_id"
 TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
 # A remember in one statement: the active twin if there is one, else the new memory and its tags.
 # The twin is looked up first because an INSERT that conflicts still takes a rowid, and a gap would
@@ -138,20 +138,6 @@ def about_words(kind: str, occurred_at: str) -> str:
         return about_text(kind, occurred_at)
     except ValueError:
         return ""
-
-
-def _version(row: Sequence[Any]) -> DocumentVersion:
-    document, version, content, author, reason, created_at, restored_from, session_id = row
-    return DocumentVersion(
-        document=document,
-        version=version,
-        content=content,
-        author=author,
-        reason=reason,
-        created_at=created_at,
-        restored_from=restored_from,
-        session_id=session_id,
-    )
 
 
 def _token(row: Sequence[Any]) -> TokenInfo:
@@ -350,15 +336,8 @@ class PostgresStore(PostgresRecall, PostgresOAuthRows):
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (document, version, content, author, reason, created_at, session_id, restored_from),
             )
-        return DocumentVersion(
-            document=document,  # type: ignore[arg-type]
-            version=version,
-            content=content,
-            author=author,
-            reason=reason,
-            created_at=created_at,
-            restored_from=restored_from,
-            session_id=session_id,
+        return version_from_row(
+            (document, version, content, author, reason, created_at, restored_from, session_id)
         )
 
     async def get_version(self, document: str, version: int | None = None) -> DocumentVersion | None:
@@ -375,7 +354,7 @@ class PostgresStore(PostgresRecall, PostgresOAuthRows):
                 f"SELECT {VERSION_COLUMNS} FROM document_versions WHERE document = %s AND version = %s",
                 (document, version),
             )
-        return _version(row) if row else None
+        return version_from_row(row) if row else None
 
     async def list_versions(self, document: str, limit: int, before: int | None) -> list[DocumentVersion]:
         rows = await self._fetchall(
@@ -383,7 +362,7 @@ class PostgresStore(PostgresRecall, PostgresOAuthRows):
             "ORDER BY version DESC LIMIT %s",
             (document, min(before, 2**31) if before is not None else 2**31, limit),
         )
-        return [_version(r) for r in rows]
+        return [version_from_row(r) for r in rows]
 
     # Memories ----------------------------------------------------------------------------------
 

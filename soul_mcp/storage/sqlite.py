@@ -55,9 +55,11 @@ from soul_mcp.storage.sqlite_recall import SQLiteRecall
 from soul_mcp.storage.sqlite_rows import (
     BY_TIME,
     MEMORY_COLUMNS,
+    VERSION_COLUMNS,
     memory_filters,
     memory_from_row,
     stored_seconds,
+    version_from_row,
 )
 
 log = logging.getLogger(__name__)
@@ -81,21 +83,6 @@ def about_text(kind: str, occurred_at: str) -> str:
     return f"{kind} {WEEKDAYS[day.weekday()]} {day.day} {MONTHS[day.month - 1]} {day.year}"
 
 
-def _version(row: tuple[Any, ...]) -> DocumentVersion:
-    document, version, content, author, reason, created_at, restored_from, session_id = row
-    return DocumentVersion(
-        document=document,
-        version=version,
-        content=content,
-        author=author,
-        reason=reason,
-        created_at=created_at,
-        restored_from=restored_from,
-        session_id=session_id,
-    )
-
-
-VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from, session_id"
 TOKEN_COLUMNS = "name, scopes, created_at, last_used_at, revoked_at"
 
 
@@ -236,15 +223,8 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings, OAuthRows):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (document, version, content, author, reason, created_at, session_id, restored_from),
             )
-        return DocumentVersion(
-            document=document,  # type: ignore[arg-type]
-            version=version,
-            content=content,
-            author=author,
-            reason=reason,
-            created_at=created_at,
-            restored_from=restored_from,
-            session_id=session_id,
+        return version_from_row(
+            (document, version, content, author, reason, created_at, restored_from, session_id)
         )
 
     async def get_version(self, document: str, version: int | None = None) -> DocumentVersion | None:
@@ -259,7 +239,7 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings, OAuthRows):
                 f"SELECT {VERSION_COLUMNS} FROM document_versions WHERE document = ? AND version = ?",
                 (document, version),
             )
-        return _version(row) if row else None
+        return version_from_row(row) if row else None
 
     async def list_versions(self, document: str, limit: int, before: int | None) -> list[DocumentVersion]:
         rows = await self._fetchall(
@@ -267,7 +247,7 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings, OAuthRows):
             "ORDER BY version DESC LIMIT ?",
             (document, before if before is not None else 2**62, limit),
         )
-        return [_version(r) for r in rows]
+        return [version_from_row(r) for r in rows]
 
     # Memories ----------------------------------------------------------------------------------
 

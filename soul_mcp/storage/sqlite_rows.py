@@ -1,18 +1,20 @@
-"""Memory rows of the SQLite store: the columns read, a row as a `Memory`, and listing filters.
-The PostgreSQL store reads the same columns into a `Memory` the same way (MEMORY_COLUMNS,
-memory_from_row)."""
+"""Rows of the SQLite store: the columns read, a row as a `Memory` or a `DocumentVersion`, and
+listing filters. The PostgreSQL store reads the same columns the same way (MEMORY_COLUMNS,
+memory_from_row, VERSION_COLUMNS, version_from_row)."""
 
 from __future__ import annotations
 
 import json
 import re
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from soul_mcp.models import Memory
+from soul_mcp.models import DocumentVersion, Memory
 from soul_mcp.storage.schema import kind_code, memory_id_key
 
+VERSION_COLUMNS = "document, version, content, author, reason, created_at, restored_from, session_id"
 MEMORY_COLUMNS = (
     "m.id, m.content, m.kind, m.tags, m.importance, m.occurred_at, m.created_at, m.author, m.status, "
     "m.status_reason, m.status_changed_at, m.supersedes, m.superseded_by, m.status_changed_by"
@@ -33,6 +35,21 @@ def stored_seconds(moment: str) -> int | str:
         except ValueError:  # 2024-02-30
             pass
     return moment
+
+
+def version_from_row(row: Sequence[Any]) -> DocumentVersion:
+    """A row of VERSION_COLUMNS (or the same values, just written) as a `DocumentVersion`."""
+    document, version, content, author, reason, created_at, restored_from, session_id = row
+    return DocumentVersion(
+        document=document,
+        version=version,
+        content=content,
+        author=author,
+        reason=reason,
+        created_at=created_at,
+        restored_from=restored_from,
+        session_id=session_id,
+    )
 
 
 def memory_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Memory:
