@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -310,15 +310,20 @@ def report_of(results: list[tuple[str, dict[str, float]]]) -> dict[str, Any]:
     return report
 
 
-def cross_validate(conversations: list[Conversation], semantic: bool, corrected: bool) -> dict[str, Any]:
+def cross_validate(
+    conversations: list[Conversation],
+    semantic: bool,
+    corrected: bool,
+    weigh: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
     """Leave one conversation out: fit on the others, score it; the fused ranking beside it."""
     from train_ranker import fit_model
 
-    folds = []
+    folds: list[dict[str, Any]] = []
     results: list[tuple[str, dict[str, float]]] = []
     for held_out in conversations:
         training = [c for c in conversations if c is not held_out]
-        model = fit_model(training, semantic)
+        model = fit_model(training, semantic, weigh)
         fold = measure([held_out], by_model(model), corrected)
         results += fold
         folds.append(
@@ -362,7 +367,9 @@ def miss_kind(conversation: Conversation, q: Question, text: str) -> str:
     return "outranked"
 
 
-def misses(path: Path, conversations: list[Conversation], semantic: bool) -> dict[str, Any]:
+def misses(
+    path: Path, conversations: list[Conversation], semantic: bool, weigh: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """The weak categories' misses at @5 of the cross-validated ranker by kind (miss_kind), and
     by kind the questions it found and lost against the fused ranking."""
     from train_ranker import fit_model
@@ -377,7 +384,7 @@ def misses(path: Path, conversations: list[Conversation], semantic: bool) -> dic
         for name in WEAK
     }
     for held_out in conversations:
-        model = fit_model([c for c in conversations if c is not held_out], semantic)
+        model = fit_model([c for c in conversations if c is not held_out], semantic, weigh)
         for q in held_out.questions:
             if q.category not in WEAK:
                 continue
@@ -431,6 +438,13 @@ def main() -> None:
     parser.add_argument(
         "--misses", action="store_true", help="classify the misses of multi-hop and open-domain (with --cv)"
     )
+    parser.add_argument(
+        "--weigh",
+        action="append",
+        default=[],
+        metavar="CATEGORY=N",
+        help="with --cv: a category's questions count N times in each fit (as train_ranker.py --weigh)",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--db-url",
@@ -445,6 +459,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     corrections = load_corrections(args.corrections)
+    from train_ranker import weights_by_category
+
+    weigh = weights_by_category(args.weigh)
     if args.db_url or args.postgres:
         with PostgresServer(args.db_url) as server:
             conversations = pools(args.path, args.semantic, corrections, server, args.pools)
@@ -462,7 +479,7 @@ def main() -> None:
             "fused": report_of(measure(conversations, by_fused, corrected)),
         }
         if args.cv:
-            report[name]["cv"] = cross_validate(conversations, args.semantic, corrected)
+            report[name]["cv"] = cross_validate(conversations, args.semantic, corrected, weigh)
     beside = report.get("corrected")
     for part, title in [
         ("as_shipped", "recall as shipped (ranker.json)"),
@@ -485,7 +502,7 @@ def main() -> None:
                 f"{f['recall@1']:.3f} / {f['recall@5']:.3f} / {f['recall@10']:.3f}"
             )
     if args.cv and args.misses:
-        report["misses"] = misses(args.path, conversations, args.semantic)
+        report["misses"] = misses(args.path, conversations, args.semantic, weigh)
         print("\nmisses at @5 of the cross-validated ranker, by kind; found and lost against the fused score")
         for category, counts in report["misses"].items():
             print(f"{category:<13}" + "; ".join(f"{part} {dict(kinds)}" for part, kinds in counts.items()))

@@ -1,7 +1,8 @@
 """Fit the recall ranker (soul_mcp/recall/ranker.py) on LoCoMo's development split, and write it.
 
     python bench/train_ranker.py ../shared/eval/locomo-dev.json \\
-        [--pools /tmp/pools-bm25.pickle] [--semantic-pools /tmp/pools-hybrid.pickle] [--out FILE]
+        [--pools /tmp/pools-bm25.pickle] [--semantic-pools /tmp/pools-hybrid.pickle] [--out FILE] \\
+        [--weigh CATEGORY=N ...]
     python bench/train_ranker.py --time      # what re-scoring one recall's pool costs, in process
 
 Stores the development conversations and asks their questions through soul-mcp, as bench/locomo.py
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,47 +63,54 @@ def pairs_for(hybrid: bool) -> tuple[tuple[int, int], ...]:
     return tuple(itertools.combinations_with_replacement(at, 2))
 
 
-def questions(conversations: Sequence[Conversation]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(features, labels) of each question's first DEPTH candidates, for the questions whose
-    evidence is among them (the others say nothing about the order of the head)."""
+# (features, labels, weight) of one question: its candidates' rows, which are its evidence, and
+# how much it counts in the fit.
+Example = tuple[np.ndarray, np.ndarray, float]
+
+
+def questions(
+    conversations: Sequence[Conversation], weigh: Mapping[str, float] | None = None
+) -> list[Example]:
+    """(features, labels, weight) of each question's first DEPTH candidates, for the questions whose
+    evidence is among them (the others say nothing about the order of the head). `weigh`: a weight
+    per category (1 for any other), e.g. {"adversarial": 3}, to make a category count more."""
     out = []
     for conversation in conversations:
         for q in conversation.questions:
             label = np.array([bool(conversation.dia_ids.get(int(r), set()) & q.gold) for r in q.rowids])
             head = np.lexsort((-q.rowids, -q.fused))[:DEPTH]
             if label[head].any():
-                out.append((q.features[head].astype(np.float64), label[head].astype(np.float64)))
+                weight = float((weigh or {}).get(q.category, 1.0))
+                out.append((q.features[head].astype(np.float64), label[head].astype(np.float64), weight))
     return out
 
 
-def loss(data: list[tuple[np.ndarray, np.ndarray]], beta: np.ndarray, l2: float) -> float:
+def loss(data: list[Example], beta: np.ndarray, l2: float) -> float:
     total = 0.5 * l2 * float(beta @ beta)
-    for x, y in data:
+    for x, y, w in data:
         s = x @ beta
         top = s.max()
-        total -= float((y / y.sum()) @ (s - top - np.log(np.exp(s - top).sum())))
+        total -= w * float((y / y.sum()) @ (s - top - np.log(np.exp(s - top).sum())))
     return total
 
 
-def fit(
-    data: list[tuple[np.ndarray, np.ndarray]], pairs: tuple[tuple[int, int], ...], l2: float = L2
-) -> Model:
+def fit(data: list[Example], pairs: tuple[tuple[int, int], ...], l2: float = L2) -> Model:
     """A conditional logit (a softmax over each question's candidates, the evidence its target),
     by Newton's method with step halving, L2-penalised: the weights of a linear score whose order
     puts the evidence first. The bias is 0 (a softmax ignores it)."""
-    data = [(design(x, pairs), y) for x, y in data]
+    data = [(design(x, pairs), y, w) for x, y, w in data]
     beta = np.zeros(data[0][0].shape[1])
     current = loss(data, beta, l2)
     for _ in range(NEWTON_STEPS):
         gradient = l2 * beta
         hessian = l2 * np.eye(len(beta))
-        for x, y in data:
+        for x, y, w in data:
             s = x @ beta
             p = np.exp(s - s.max())
             p /= p.sum()
-            gradient += x.T @ (p - y / y.sum())
+            gradient += w * (x.T @ (p - y / y.sum()))
             centred = x - p @ x
-            hessian += (centred * p[:, None]).T @ centred
+            hessian += w * ((centred * p[:, None]).T @ centred)
         step = np.linalg.solve(hessian, gradient)
         size = 1.0
         while size > 1e-4 and (new := loss(data, beta - size * step, l2)) > current:
@@ -116,8 +124,28 @@ def fit(
     return Model(weights[: len(FEATURES)], pairs, weights[len(FEATURES) :])
 
 
-def fit_model(conversations: Sequence[Conversation], hybrid: bool) -> Model:
-    return fit(questions(conversations), pairs_for(hybrid))
+def fit_model(
+    conversations: Sequence[Conversation], hybrid: bool, weigh: Mapping[str, float] | None = None
+) -> Model:
+    return fit(questions(conversations, weigh), pairs_for(hybrid))
+
+
+def weights_by_category(given: Sequence[str]) -> dict[str, float]:
+    """--weigh CATEGORY=N ... as {category: N}."""
+    from locomo import CATEGORIES
+
+    out = {}
+    for item in given:
+        category, _, number = item.partition("=")
+        if category not in CATEGORIES.values():
+            raise SystemExit(f"--weigh {item}: the category must be one of {', '.join(CATEGORIES.values())}")
+        try:
+            out[category] = float(number)
+        except ValueError:
+            raise SystemExit(f"--weigh {item}: the weight must be a number, as in adversarial=3") from None
+        if not out[category] > 0:
+            raise SystemExit(f"--weigh {item}: the weight must be above 0")
+    return out
 
 
 def scoring_time(
@@ -193,6 +221,13 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RANKER_FILE)
     parser.add_argument("--time", action="store_true", help="time re-scoring one pool (scoring_time)")
+    parser.add_argument(
+        "--weigh",
+        action="append",
+        default=[],
+        metavar="CATEGORY=N",
+        help="make a category's questions count N times in the fit (e.g. adversarial=3); repeatable",
+    )
     args = parser.parse_args()
     if args.time:
         for candidates, words in ((800, 28), (600, 20)):
@@ -204,10 +239,11 @@ def main() -> None:
     if "dev" not in args.path.name:
         parser.error("the ranker is fitted on the development split only (locomo-dev.json)")
     corrections = load_corrections(None)
+    weigh = weights_by_category(args.weigh)
     models = {}
     for name, semantic, cache in (("bm25", False, args.pools), ("hybrid", True, args.semantic_pools)):
         conversations = pools(args.path, semantic, corrections, None, cache)
-        models[name] = fit_model(conversations, semantic)
+        models[name] = fit_model(conversations, semantic, weigh)
         print(
             f"{name}: "
             + ", ".join(f"{f} {w:+.3f}" for f, w in zip(FEATURES, models[name].weights, strict=True))
@@ -217,6 +253,8 @@ def main() -> None:
         "by": "bench/train_ranker.py",
         "fit": f"conditional logit over each question's first {DEPTH} candidates, L2 {L2}",
     }
+    if weigh:
+        about["weighed"] = ", ".join(f"{category} x{n:g}" for category, n in sorted(weigh.items()))
     write_models(args.out, models, about)
     print(f"written: {args.out}")
 
