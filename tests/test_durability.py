@@ -175,6 +175,7 @@ def test_backup_refuses_to_overwrite_unless_forced(db_path: Path, tmp_path: Path
         ("db", "is the database itself"),
         ("folder", "is a folder"),
         ("missing/soul.db", "does not exist"),
+        ("busy.db", "busy.db-wal exists"),  # beside a database in use
     ],
 )
 def test_backup_refuses_a_target_it_cannot_use(
@@ -182,6 +183,10 @@ def test_backup_refuses_a_target_it_cannot_use(
 ) -> None:
     assert main(["init", "--db", str(db_path)]) == 0
     target = {"db": db_path, "folder": tmp_path}.get(where, tmp_path / where)
+    if where == "busy.db":
+        (tmp_path / "busy.db-wal").touch()
     refused = backup_cli(db_path, str(target), "--force")
     assert refused.returncode == 1
     assert expected in refused.stderr
+    if where == "busy.db":
+        assert not target.exists()

@@ -606,6 +606,14 @@ def test_backup_of_a_postgresql_self_is_a_checked_sqlite_copy(
     monkeypatch.setenv("SOUL_MCP_DB", postgres_url)
     assert main(["backup", str(tmp_path / "copy.db")]) == 1  # exists: only with --force
     assert main(["backup", "--force", str(tmp_path / "copy.db")]) in (0, None)
+    # A -wal beside the target: a database in use, never replaced (the same rule as SQLite's).
+    before = (tmp_path / "copy.db").read_bytes()
+    (tmp_path / "copy.db-wal").touch()
+    capsys.readouterr()
+    assert main(["backup", "--force", str(tmp_path / "copy.db")]) == 1
+    assert "copy.db-wal exists" in capsys.readouterr().err
+    assert (tmp_path / "copy.db").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]  # nothing was written
 
 
 def test_init_names_a_postgresql_database_by_its_url(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -555,33 +554,13 @@ class PostgresStore(PostgresRecall, PostgresOAuthRows):
         """A portable copy: the whole self as a SQLite file (what `migrate` writes), from one
         consistent snapshot of the database, checked before it takes the name asked for. The
         database's own backups (pg_dump, base backups) are the server operator's, beside this."""
-        import secrets
-
-        from soul_mcp.storage.sqlite import SQLiteStore
+        from soul_mcp.storage.sqlite import write_checked_backup
         from soul_mcp.transfer import migrate
 
-        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
-        try:
+        async def copy_into(partial: Path) -> None:
             await migrate(self._conninfo, str(partial))
-            copy = await SQLiteStore.open(partial)
-            try:
-                integrity = await copy.integrity_check()
-                stats = await copy.stats()
-            finally:
-                await copy.close()
-            if integrity != "ok":
-                raise StorageError(
-                    f"the backup failed its integrity check ({integrity}); nothing was written"
-                )
-            os.replace(partial, target)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot write the backup {target}: {exc.strerror or exc}; nothing was written"
-            ) from exc
-        finally:
-            for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
-                leftover.unlink(missing_ok=True)
-        return Backup(path=str(target), bytes=target.stat().st_size, integrity=integrity, stats=stats)
+
+        return await write_checked_backup(target, copy_into)
 
     # Tokens ------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import os
 import secrets
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -436,43 +436,13 @@ class SQLiteStore(SQLiteRecall, SQLiteEmbeddings, OAuthRows):
             raise StorageError("an in-memory database has no file to back up")
         if target.exists() and os.path.samefile(target, self.path):
             raise InvalidInput(f"{target} is the database itself; choose another file for the backup")
-        for suffix in ("-wal", "-shm"):
-            if Path(f"{target}{suffix}").exists():
-                raise InvalidInput(
-                    f"{target}{suffix} exists: {target} looks like a database in use; stop what uses it "
-                    "or choose another file for the backup"
-                )
-        # Written beside the target under another name, checked, then renamed: a failed or
-        # interrupted backup never leaves a half-written file under the name asked for.
-        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
-        try:
+
+        async def copy_into(partial: Path) -> None:
             # Created private before SQLite writes to it: a backup holds every memory.
             create_private_file(partial)
             await anyio.to_thread.run_sync(_copy_database, self._source, partial)
-            copy = await SQLiteStore.open(partial)
-            try:
-                integrity = await copy.integrity_check()
-                stats = await copy.stats()
-            finally:
-                await copy.close()
-            if integrity != "ok":
-                raise StorageError(
-                    f"the backup failed its integrity check ({integrity}); nothing was written"
-                )
-            os.replace(partial, target)
-            _sync_folder(target.parent)
-        except sqlite3.Error as exc:
-            # Damage is the source's; a full disk or a refusal to write is the target's.
-            about = self.path if _code(exc) in _DAMAGED else target
-            raise storage_error(exc, about, wrote_nothing=True, read_only=read_only_reason(target)) from exc
-        except OSError as exc:
-            raise StorageError(
-                f"cannot write the backup {target}: {exc.strerror or exc}; nothing was written"
-            ) from exc
-        finally:
-            for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
-                leftover.unlink(missing_ok=True)
-        return Backup(path=str(target), bytes=target.stat().st_size, integrity=integrity, stats=stats)
+
+        return await write_checked_backup(target, copy_into, source=self.path)
 
     # Tokens ------------------------------------------------------------------------------------
 
@@ -638,6 +608,46 @@ def _copy_database(source: str, target: Path) -> None:
             dst.close()
     finally:
         src.close()
+
+
+async def write_checked_backup(
+    target: Path, write: Callable[[Path], Awaitable[None]], source: Path | None = None
+) -> Backup:
+    """A backup of either store: `write` makes a SQLite file at the path it is given, beside
+    `target` under another name; it is checked, then renamed to `target` and the rename synced, so
+    a failed or interrupted backup never leaves a half-written file under the name asked for.
+    `source`: the database copied, named in the error when SQLite finds damage while copying."""
+    for suffix in ("-wal", "-shm"):
+        if Path(f"{target}{suffix}").exists():
+            raise InvalidInput(
+                f"{target}{suffix} exists: {target} looks like a database in use; stop what uses it "
+                "or choose another file for the backup"
+            )
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    try:
+        await write(partial)
+        copy = await SQLiteStore.open(partial)
+        try:
+            integrity = await copy.integrity_check()
+            stats = await copy.stats()
+        finally:
+            await copy.close()
+        if integrity != "ok":
+            raise StorageError(f"the backup failed its integrity check ({integrity}); nothing was written")
+        os.replace(partial, target)
+        _sync_folder(target.parent)
+    except sqlite3.Error as exc:
+        # Damage is the source's; a full disk or a refusal to write is the target's.
+        about = source if source is not None and _code(exc) in _DAMAGED else target
+        raise storage_error(exc, about, wrote_nothing=True, read_only=read_only_reason(target)) from exc
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write the backup {target}: {exc.strerror or exc}; nothing was written"
+        ) from exc
+    finally:
+        for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+            leftover.unlink(missing_ok=True)
+    return Backup(path=str(target), bytes=target.stat().st_size, integrity=integrity, stats=stats)
 
 
 def _sync_folder(folder: Path) -> None:
